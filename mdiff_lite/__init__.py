@@ -1,0 +1,14 @@
+"""mdiff_lite: multinomial diffusion (Hoogeboom et al., NeurIPS 2021), small, readable and tested.
+
+Modules, one per idea of the paper: ``schedules`` (the noise schedule), ``diffusion``
+(eqs. 3 and 11-17), ``data`` (datasets with known entropy).
+"""
+
+__version__ = "0.1.0"
+
+from .schedules import Schedule, make_schedule  # noqa: E402,F401
+from .diffusion import (  # noqa: E402,F401
+    q_step, q_marginal, q_posterior, categorical_kl, log_categorical, sample_categorical,
+    one_hot, bits_per_dim, q_sample, prior_kl, vlb_terms, training_loss,
+    UniformTimeSampler, ImportanceTimeSampler,
+)

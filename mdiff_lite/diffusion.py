@@ -1,0 +1,584 @@
+"""The equations of multinomial diffusion: eqs. 3 and 11-17 of Hoogeboom et al. (2021).
+
+Conventions, shared by every function here:
+
+- The class axis is last: a categorical variable over K classes is a vector ``x[..., K]``
+  (one-hot, or a probability vector), with any leading shape (batch, height, width, ...).
+- ``t`` is the paper's time index: an int, or an integer tensor whose shape broadcasts against
+  the leading shape. Schedules are indexed by ``t`` itself (see :mod:`mdiff_lite.schedules`).
+- Log-likelihoods and KL divergences are in nats; :func:`bits_per_dim` converts.
+
+The functions in the first part (``q_step``, ``q_marginal``, ``q_posterior``, ``categorical_kl``,
+``log_categorical``) compute in probability space, exactly as the equations read: they are the
+documentation, and what the notebooks check by hand. Training and evaluation
+(``vlb_terms``, ``training_loss``) use the log-space versions in the second part, which stay
+accurate in float32 when ``beta_t`` is as small as 1e-7 (T = 4000); the tests check that both
+agree. Class indices (``LongTensor`` without a class axis) are the currency of the second part:
+``x_0`` and ``x_t`` are always one-hot there, and a one-hot vector in log space is two numbers.
+
+Taught in notebooks 01 (eqs. 11-12), 02 (eqs. 13-14) and 03 (eqs. 3, 15-17).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .schedules import Schedule
+
+__all__ = [
+    "q_step", "q_marginal", "q_posterior", "categorical_kl", "log_categorical",
+    "sample_categorical", "one_hot", "bits_per_dim",
+    "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss",
+    "UniformTimeSampler", "ImportanceTimeSampler",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Checks at the boundary. Inner functions trust their inputs.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_schedule(schedule) -> None:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule from make_schedule(), got {type(schedule).__name__}")
+
+
+def _check_probs(x, name: str) -> None:
+    """A floating tensor ``[..., K]``, K >= 2, whose last axis holds probability vectors."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of probabilities (class axis last), "
+                        f"got dtype {x.dtype}; for class indices use one_hot(x, K)")
+    if x.ndim < 1 or x.shape[-1] < 2:
+        raise ValueError(f"{name} must have a class axis of size K >= 2 last, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        return
+    tol = 1e-9 if x.dtype == torch.float64 else 1e-3
+    if not torch.isfinite(x).all() or (x < -tol).any() or (x > 1 + tol).any():
+        raise ValueError(f"{name} must hold probabilities in [0, 1]; found values in "
+                         f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+    sums = x.sum(-1)
+    worst = (sums - 1).abs().max().item()
+    if worst > tol * x.shape[-1]:
+        raise ValueError(f"{name} must sum to 1 over its last (class) axis; a sum is off by {worst:.3g}")
+
+
+def _check_t(t, lo: int, hi: int, device, name: str = "t") -> torch.Tensor:
+    """``t`` as a LongTensor on ``device``, every entry in ``lo .. hi``."""
+    if isinstance(t, torch.Tensor):
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be an int or an integer tensor, got a tensor of dtype {t.dtype}")
+        t = t.to(device=device, dtype=torch.long)
+    elif isinstance(t, np.ndarray) and np.issubdtype(t.dtype, np.integer):
+        t = torch.as_tensor(t, dtype=torch.long, device=device)
+    elif isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        t = torch.tensor(int(t), dtype=torch.long, device=device)
+    else:
+        raise TypeError(f"{name} must be an int or an integer tensor, got {t!r}")
+    if t.numel() and (t.min() < lo or t.max() > hi):
+        bad = t[(t < lo) | (t > hi)].flatten()[0].item()
+        raise ValueError(f"{name} must lie in {lo}..{hi}, got {name} = {bad}")
+    return t
+
+
+def _broadcast_t(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    try:
+        torch.broadcast_shapes(t.shape, x.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"t of shape {tuple(t.shape)} does not broadcast against the leading shape "
+                         f"{tuple(x.shape[:-1])} of {name}") from None
+
+
+def _coef(schedule: Schedule, name: str, t: torch.Tensor, dtype) -> torch.Tensor:
+    """``schedule.<name>[t]`` in ``dtype``, with a trailing axis to broadcast over classes."""
+    return schedule.buffer(name, t.device, dtype)[t].unsqueeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The equations in probability space: read these beside the paper.
+# ---------------------------------------------------------------------------------------------
+
+
+def q_step(x_prev: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """Eq. 11, one forward step: the probabilities of ``x_t`` given ``x_{t-1}``,
+
+        q(x_t | x_{t-1}) = C(x_t | alpha_t x_{t-1} + (1 - alpha_t) / K),
+
+    i.e. keep the class with probability ``alpha_t``, else resample it uniformly.
+
+    Args:
+        x_prev: ``[..., K]``, one-hot or probabilities.
+        t: 1 .. T, an int or an integer tensor broadcasting against ``x_prev.shape[:-1]``.
+    Returns:
+        ``[..., K]`` probabilities, in the dtype of ``x_prev``.
+    """
+    _check_schedule(schedule)
+    _check_probs(x_prev, "x_prev")
+    t = _check_t(t, 1, schedule.T, x_prev.device)
+    _broadcast_t(t, x_prev, "x_prev")
+    K = x_prev.shape[-1]
+    # (1 - alpha_t) is read from the float64 betas, not recomputed in float32, where it would
+    # round to 0 or 1.2e-7 for the first steps of a long schedule.
+    return _coef(schedule, "alphas", t, x_prev.dtype) * x_prev + _coef(schedule, "betas", t, x_prev.dtype) / K
+
+
+def q_marginal(x0: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """Eq. 12, the marginal after ``t`` steps:
+
+        q(x_t | x_0) = C(x_t | alpha_bar_t x_0 + (1 - alpha_bar_t) / K).
+
+    ``alpha_bar_t`` is the probability that the class was never resampled in ``t`` steps
+    (a resampled class is uniform, whether it was resampled once or many times).
+
+    Args:
+        x0: ``[..., K]``, one-hot or probabilities.
+        t: 0 .. T (``t = 0`` returns ``x0``), an int or an integer tensor.
+    """
+    _check_schedule(schedule)
+    _check_probs(x0, "x0")
+    t = _check_t(t, 0, schedule.T, x0.device)
+    _broadcast_t(t, x0, "x0")
+    K = x0.shape[-1]
+    return (_coef(schedule, "alpha_bars", t, x0.dtype) * x0
+            + _coef(schedule, "one_minus_alpha_bars", t, x0.dtype) / K)
+
+
+def q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    """Eq. 13, the posterior of one step back: ``q(x_{t-1} | x_t, x_0) = C(theta_post)`` with
+
+        theta~ = [alpha_t x_t + (1 - alpha_t) / K]  *  [alpha_bar_{t-1} x_0 + (1 - alpha_bar_{t-1}) / K]
+        theta_post = theta~ / sum_k theta~_k.
+
+    By Bayes and the Markov property, ``q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0)``.
+    The second factor is eq. 12 at ``t - 1``. The first is eq. 11 read as a function of
+    ``x_{t-1}``: entry ``j`` is ``alpha_t [j == x_t] + (1 - alpha_t) / K``, which is eq. 11's
+    formula with ``x_t`` in the place of ``x_{t-1}``, because the uniform-resampling kernel is
+    symmetric (the chance of moving from class i to j equals that of j to i). The normaliser is
+    ``q(x_t | x_0)``, constant in ``x_{t-1}``.
+
+    With a predicted probability vector ``x0_hat`` in place of ``x0`` this is the learned
+    reverse step of eq. 14, ``p(x_{t-1} | x_t) = C(theta_post(x_t, x0_hat))``: both factors are
+    then non-negative and the first is positive, so theta~ always normalises to valid
+    probabilities. At ``t = 1`` it gives ``x0`` itself (for a one-hot ``x0``), and with
+    ``x0_hat`` it is the decoder ``p(x_0 | x_1) ∝ x0_hat * (alpha_1 x_1 + (1 - alpha_1) / K)``
+    used by the official code in place of eq. 16.
+
+    Args:
+        x_t, x0: ``[..., K]``, broadcasting against each other.
+        t: 1 .. T (eq. 13 proper is t >= 2).
+    """
+    _check_schedule(schedule)
+    _check_probs(x_t, "x_t")
+    _check_probs(x0, "x0")
+    if x_t.shape[-1] != x0.shape[-1]:
+        raise ValueError(f"x_t and x0 must have the same number of classes, got {x_t.shape[-1]} and {x0.shape[-1]}")
+    try:
+        lead = torch.broadcast_shapes(x_t.shape, x0.shape)
+    except RuntimeError:
+        raise ValueError(f"x_t of shape {tuple(x_t.shape)} and x0 of shape {tuple(x0.shape)} "
+                         "do not broadcast") from None
+    t = _check_t(t, 1, schedule.T, x_t.device)
+    _broadcast_t(t, torch.empty(lead, device="meta"), "x_t and x0")
+    K = x_t.shape[-1]
+    dtype = torch.promote_types(x_t.dtype, x0.dtype)
+    likelihood = _coef(schedule, "alphas", t, dtype) * x_t + _coef(schedule, "betas", t, dtype) / K
+    prior = (_coef(schedule, "alpha_bars", t - 1, dtype) * x0
+             + _coef(schedule, "one_minus_alpha_bars", t - 1, dtype) / K)
+    theta = likelihood * prior
+    return theta / theta.sum(-1, keepdim=True)
+
+
+def categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Eq. 15's divergence: ``KL(C(p) || C(q)) = sum_k p_k log(p_k / q_k)`` in nats, summed over
+    the class axis (so the result has the leading shape). Terms with ``p_k = 0`` count 0;
+    ``p_k > 0 = q_k`` gives ``inf``. In eq. 15, ``p = theta_post(x_t, x_0)`` and
+    ``q = theta_post(x_t, x0_hat)``."""
+    _check_probs(p, "p")
+    _check_probs(q, "q")
+    if p.shape[-1] != q.shape[-1]:
+        raise ValueError(f"p and q must have the same number of classes, got {p.shape[-1]} and {q.shape[-1]}")
+    return (torch.xlogy(p, p) - torch.xlogy(p, q)).sum(-1)
+
+
+def log_categorical(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 16: ``log C(x | probs) = sum_k x_k log probs_k`` in nats, for one-hot ``x``
+    (for a probability vector ``x`` it is the cross-entropy's negative). In eq. 16,
+    ``probs = x0_hat`` and this is ``log p(x_0 | x_1)``."""
+    _check_probs(x, "x")
+    _check_probs(probs, "probs")
+    if x.shape[-1] != probs.shape[-1]:
+        raise ValueError(f"x and probs must have the same number of classes, got {x.shape[-1]} and {probs.shape[-1]}")
+    return torch.xlogy(x, probs).sum(-1)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A one-hot sample from ``C(probs)`` for every leading index, in the dtype of ``probs``.
+
+    Inverse-CDF sampling: one uniform number per variable, the first class whose cumulative
+    probability exceeds it. ``generator`` (on the device of ``probs``) makes it reproducible.
+    """
+    _check_probs(probs, "probs")
+    K = probs.shape[-1]
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
+    cdf = probs.cumsum(-1)
+    index = (cdf <= u * cdf[..., -1:]).sum(-1).clamp(max=K - 1)
+    return F.one_hot(index, K).to(probs.dtype)
+
+
+def one_hot(x: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+    """Class indices ``[...]`` to one-hot vectors ``[..., K]`` (float, for the functions above)."""
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool:
+        raise TypeError(f"x must be an integer tensor of class indices, got {getattr(x, 'dtype', type(x))}")
+    _check_num_classes(num_classes)
+    if x.numel() and (x.min() < 0 or x.max() >= num_classes):
+        raise ValueError(f"class indices must lie in 0..{num_classes - 1}, found {x.min().item()}..{x.max().item()}")
+    return F.one_hot(x.long(), num_classes).to(dtype)
+
+
+def bits_per_dim(nats, num_dims: int):
+    """Negative log-likelihood (or its bound) in nats -> bits per categorical dimension:
+    ``nats / (num_dims * ln 2)``. ``num_dims`` counts pixels or characters, not one-hot entries."""
+    if isinstance(num_dims, bool) or not isinstance(num_dims, numbers.Integral) or num_dims < 1:
+        raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
+    return nats / (num_dims * math.log(2))
+
+
+def _check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return int(num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Log space, on class indices: what training and evaluation use.
+# ---------------------------------------------------------------------------------------------
+
+
+def _uniform(shape, device, generator) -> torch.Tensor:
+    # float64 where the device has it: 1 - alpha_bar_1 can be 1e-7, finer than float32's grid
+    # of uniforms (2^-24), and comparing against it in float32 would bias the first steps.
+    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def q_sample(x0: torch.Tensor, t, schedule: Schedule, num_classes: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``x_t ~ q(x_t | x_0)`` (eq. 12) as class indices.
+
+    With probability ``1 - alpha_bar_t`` a pixel is resampled uniformly (possibly to its own
+    class), else it keeps ``x_0``: exactly the mixture of eq. 12, with no K-way sampling.
+
+    Args:
+        x0: integer tensor of class indices, any shape.
+        t: 0 .. T, an int or an integer tensor broadcasting against ``x0.shape``.
+    """
+    _check_schedule(schedule)
+    K = _check_num_classes(num_classes)
+    x0 = _check_indices(x0, K, "x0")
+    t = _check_t(t, 0, schedule.T, x0.device)
+    shape = torch.broadcast_shapes(t.shape, x0.shape)
+    resample = _uniform(shape, x0.device, generator) < schedule.buffer("one_minus_alpha_bars", x0.device, None)[t]
+    noise = torch.randint(0, K, shape, generator=generator, device=x0.device)
+    return torch.where(resample, noise, x0)
+
+
+def _check_indices(x, K: int, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class indices, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.numel() and (x.min() < 0 or x.max() >= K):
+        raise ValueError(f"{name} holds class indices outside 0..{K - 1}: "
+                         f"found {x.min().item()}..{x.max().item()}")
+    return x.long()
+
+
+def _log_onehot_mix(index: torch.Tensor, log_keep, log_noise, K: int) -> torch.Tensor:
+    """``log(keep * onehot(index) + noise / K)`` where ``log_keep``, ``log_noise`` are the logs of
+    keep and noise (shaped to broadcast as ``[..., 1]``): two values, placed by the index."""
+    log_other = log_noise - math.log(K)
+    log_same = torch.logaddexp(log_keep, log_other)
+    mask = F.one_hot(index, K).bool()
+    return torch.where(mask, log_same, log_other)
+
+
+def _log_q_t_given_prev(x_t: torch.Tensor, t: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
+    """log q(x_t | x_{t-1} = j) for every class j (eq. 11 read as a function of x_{t-1})."""
+    return _log_onehot_mix(x_t, _coef(schedule, "log_alphas", t, dtype),
+                           _coef(schedule, "log_betas", t, dtype), K)
+
+
+def _log_q_prev_given_x0_index(x0: torch.Tensor, t: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
+    """log q(x_{t-1} | x_0) (eq. 12 at t - 1) for class indices x_0."""
+    return _log_onehot_mix(x0, _coef(schedule, "log_alpha_bars", t - 1, dtype),
+                           _coef(schedule, "log_one_minus_alpha_bars", t - 1, dtype), K)
+
+
+def _log_q_prev_given_x0_probs(log_x0: torch.Tensor, t: torch.Tensor, schedule, K: int) -> torch.Tensor:
+    """log of eq. 12 at t - 1 with a probability vector x0 given by its logarithm."""
+    dtype = log_x0.dtype
+    return torch.logaddexp(log_x0 + _coef(schedule, "log_alpha_bars", t - 1, dtype),
+                           _coef(schedule, "log_one_minus_alpha_bars", t - 1, dtype) - math.log(K))
+
+
+def log_q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: Schedule,
+                    num_classes: int | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Eq. 13 in log space: ``log theta_post(x_t, x0)``, ``[..., K]``.
+
+    ``x_t`` holds class indices. ``x0`` is either class indices (an integer tensor: the true
+    ``x_0``; then give ``num_classes`` and the working ``dtype``) or the log-probabilities of a
+    prediction (a floating tensor ``[..., K]``, e.g. ``log_softmax(logits)``: eq. 14; its dtype
+    is used). ``t`` is a LongTensor of times in 1 .. T that broadcasts against ``x_t.shape``.
+    For ``t >= 2`` every entry is finite: both factors of theta~ are positive.
+
+    This is the inner loop of training and does no checks; the tests hold it against
+    :func:`q_posterior`.
+    """
+    if x0.is_floating_point():
+        K, dtype = x0.shape[-1], x0.dtype
+        log_prior = _log_q_prev_given_x0_probs(x0, t, schedule, K)
+    else:
+        K = num_classes
+        log_prior = _log_q_prev_given_x0_index(x0, t, schedule, K, dtype)
+    log_theta = _log_q_t_given_prev(x_t, t, schedule, K, dtype) + log_prior
+    return log_theta - torch.logsumexp(log_theta, -1, keepdim=True)
+
+
+def _kl_from_logs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum_k p_k (log p_k - log q_k) for finite log-probabilities, over the class axis."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def prior_kl(x0: torch.Tensor, schedule: Schedule, num_classes: int) -> torch.Tensor:
+    """``KL(q(x_T | x_0) || p(x_T))`` with the uniform prior ``p(x_T)``, in nats, summed over all
+    but the first (batch) axis of ``x0``: the last term of eq. 3. It does not depend on the
+    model and is near 0 when ``alpha_bar_T`` is near 0. Computed in float64."""
+    _check_schedule(schedule)
+    K = _check_num_classes(num_classes)
+    x0 = _check_indices(x0, K, "x0")
+    T = torch.full((), schedule.T, dtype=torch.long, device=x0.device)
+    if x0.device.type == "mps":  # no float64 there; the term is tiny and model-free anyway
+        return prior_kl(x0.cpu(), schedule, K).to(x0.device)
+    log_q = _log_onehot_mix(x0, _coef(schedule, "log_alpha_bars", T, torch.float64),
+                            _coef(schedule, "log_one_minus_alpha_bars", T, torch.float64), K)
+    kl = _kl_from_logs(log_q, torch.full_like(log_q, -math.log(K)))
+    return kl.reshape(x0.shape[0], -1).sum(1)
+
+
+def _call_denoiser(denoiser, x_t: torch.Tensor, t: torch.Tensor, K: int) -> torch.Tensor:
+    """log x0_hat = log_softmax(denoiser(x_t, t)), checked, in float32 at least."""
+    logits = denoiser(x_t, t)
+    if not isinstance(logits, torch.Tensor) or logits.shape != x_t.shape + (K,):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the denoiser must return logits of shape {tuple(x_t.shape) + (K,)} "
+                         f"([B, *dims, K]), got {got}")
+    if logits.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the loss in float32
+        logits = logits.float()
+    return torch.log_softmax(logits, -1)
+
+
+def _resolve_num_classes(denoiser, num_classes) -> int:
+    if num_classes is None:
+        num_classes = getattr(denoiser, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("num_classes is needed to sample x_t: pass num_classes=K or give the "
+                             "denoiser a num_classes attribute")
+    return _check_num_classes(num_classes)
+
+
+def _check_x0_batch(x0, K: int) -> torch.Tensor:
+    x0 = _check_indices(x0, K, "x0")
+    if x0.ndim < 1 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must be [B, *dims] with B >= 1, got shape {tuple(x0.shape)}")
+    return x0
+
+
+def _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
+    """L_t for each example (nats, summed over its dimensions): -log p(x_0 | x_1) (eq. 16) where
+    t = 1, the eq. 15 KL where t >= 2. ``t`` has shape [B]."""
+    B = x0.shape[0]
+    t_b = t.view((B,) + (1,) * (x0.ndim - 1))
+    nll = -log_x0_hat.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    # Rows with t = 1 get a KL evaluated at t = 2 that is then discarded: at t = 1 the true
+    # posterior has exact zeros, and 0 * log 0 would put NaN into the gradients of torch.where.
+    t_kl = t_b.clamp(min=2)
+    log_q = log_q_posterior(x_t, x0, t_kl, schedule, K, log_x0_hat.dtype)
+    log_p = log_q_posterior(x_t, log_x0_hat, t_kl, schedule)
+    kl = _kl_from_logs(log_q, log_p)
+    per_dim = torch.where(t_b == 1, nll, kl)
+    return per_dim.reshape(B, -1).sum(1, dtype=torch.float64 if per_dim.dtype == torch.float64 else None)
+
+
+def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: int | None = None,
+              generator: torch.Generator | None = None, max_batch: int | None = None) -> torch.Tensor:
+    """The terms of minus eq. 3 for each example, in nats summed over its dimensions: ``[B, T + 1]``.
+
+    - column 0: ``-log p(x_0 | x_1)`` (eq. 16) at a fresh ``x_1 ~ q(x_1 | x_0)``;
+    - column ``t - 1`` for ``t = 2 .. T``: ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))``
+      (eq. 15) at a fresh ``x_t ~ q(x_t | x_0)``;
+    - column ``T``: ``KL(q(x_T | x_0) || p(x_T))``, exact (no sampling).
+
+    Every column is an unbiased estimate of its expectation in eq. 3, so the row sum is an
+    unbiased estimate of ``-(eq. 3)``, an upper bound on ``-log p(x_0)`` in expectation.
+    The randomness is one ``x_t`` per (example, t): all T terms are computed, none is sampled.
+
+    Args:
+        denoiser: ``(x_t: LongTensor[B, *dims], t: LongTensor[B]) -> logits[B, *dims, K]``;
+            ``x0_hat = softmax(logits)``.
+        x0: LongTensor of class indices ``[B, *dims]``.
+        num_classes: K; if omitted, ``denoiser.num_classes``.
+        generator: for the draws of ``x_t``, on the device of ``x0``.
+        max_batch: at most this many maps per denoiser call; several t share a call when it
+            exceeds B (default: one t per call, batch B).
+    Returns:
+        float tensor ``[B, T + 1]`` (float64 for a float64 denoiser, else float32).
+        Gradients flow if enabled; evaluation should run under ``torch.no_grad()``.
+    """
+    _check_schedule(schedule)
+    K = _resolve_num_classes(denoiser, num_classes)
+    x0 = _check_x0_batch(x0, K)
+    B, T = x0.shape[0], schedule.T
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, numbers.Integral)
+                                  or max_batch < 1):
+        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    per_call = max(1, (max_batch or B) // B)
+
+    columns = []
+    for start in range(1, T + 1, per_call):
+        ts = torch.arange(start, min(start + per_call, T + 1), device=x0.device)
+        t = ts.repeat_interleave(B)
+        x0_rep = x0.repeat((len(ts),) + (1,) * (x0.ndim - 1))
+        t_b = t.view((-1,) + (1,) * (x0.ndim - 1))
+        x_t = q_sample(x0_rep, t_b, schedule, K, generator)
+        log_x0_hat = _call_denoiser(denoiser, x_t, t, K)
+        terms = _per_example_terms(log_x0_hat, x0_rep, x_t, t, schedule, K)
+        columns.append(terms.view(len(ts), B).T)
+    terms = torch.cat(columns, 1)
+    prior = prior_kl(x0, schedule, K).to(terms.dtype).unsqueeze(1)
+    return torch.cat([terms, prior], 1)
+
+
+def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
+                  num_classes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 17: the training objective, an unbiased one-sample estimate of ``-(eq. 3)``.
+
+    For each example a time ``t ~ p(t)`` is drawn by ``t_sampler`` and the loss is
+    ``L_t / p(t) + KL(q(x_T | x_0) || p(x_T))``, where ``L_1 = -log p(x_0 | x_1)`` and
+    ``L_t`` (t >= 2) is the eq. 15 KL. Since ``E_t[L_t / p(t)] = sum_t L_t``, the expectation
+    is minus eq. 3 in nats per example (with a uniform ``p(t) = 1 / T`` this is ``T * L_t``).
+    The observed ``L_t`` are passed to ``t_sampler.update`` (importance sampling learns from them).
+
+    Args:
+        denoiser, x0, num_classes, generator: as in :func:`vlb_terms`.
+        t_sampler: a :class:`UniformTimeSampler` or :class:`ImportanceTimeSampler` with the
+            schedule's ``T``.
+    Returns:
+        a scalar: the mean over the batch, in nats per example.
+    """
+    _check_schedule(schedule)
+    if not hasattr(t_sampler, "sample") or getattr(t_sampler, "T", None) != schedule.T:
+        raise ValueError(f"t_sampler must be a time sampler with T = {schedule.T}, got {t_sampler!r}")
+    K = _resolve_num_classes(denoiser, num_classes)
+    x0 = _check_x0_batch(x0, K)
+    B = x0.shape[0]
+    t, p_t = t_sampler.sample(B, device=x0.device, generator=generator)
+    x_t = q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
+    log_x0_hat = _call_denoiser(denoiser, x_t, t, K)
+    L_t = _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K)
+    t_sampler.update(t, L_t.detach())
+    prior = prior_kl(x0, schedule, K).to(L_t.dtype)
+    return (L_t / p_t.to(L_t.dtype) + prior).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Which t to train on.
+# ---------------------------------------------------------------------------------------------
+
+
+class UniformTimeSampler:
+    """``t ~ Uniform{1, .., T}``. ``probs()`` is indexed by t (entry 0 is 0)."""
+
+    def __init__(self, T: int):
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
+            raise ValueError(f"T must be an integer >= 1, got {T!r}")
+        self.T = int(T)
+
+    def probs(self) -> torch.Tensor:
+        p = torch.full((self.T + 1,), 1.0 / self.T, dtype=torch.float64)
+        p[0] = 0
+        return p
+
+    def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
+        """``(t, p(t))``: LongTensor[batch_size] of times and float64 probabilities, on ``device``."""
+        p = self.probs().to(device=device, dtype=torch.float32 if torch.device(device).type == "mps"
+                            else torch.float64)
+        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        return t, p[t]
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Uniform sampling learns nothing from the losses."""
+
+    def state_dict(self) -> dict:
+        return {"T": self.T}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["T"]) != self.T:
+            raise ValueError(f"this sampler has T = {self.T}, the saved state has T = {state['T']}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(T={self.T})"
+
+
+class ImportanceTimeSampler(UniformTimeSampler):
+    """``p(t) ∝ sqrt(E[L_t^2])``, the official code's importance sampling of t.
+
+    ``E[L_t^2]`` is estimated from the last ``history`` losses seen at each t. Until every t has
+    been seen ``history`` times, t is drawn uniformly (the warm-up). A small uniform share
+    (``uniform_mix``) keeps every ``p(t)`` positive, so ``L_t / p(t)`` stays unbiased.
+    This choice of p(t) minimises the variance of ``L_t / p(t)`` over distributions of t.
+    """
+
+    def __init__(self, T: int, history: int = 10, uniform_mix: float = 1e-4):
+        super().__init__(T)
+        if isinstance(history, bool) or not isinstance(history, numbers.Integral) or history < 1:
+            raise ValueError(f"history must be a positive integer, got {history!r}")
+        if not 0 < uniform_mix <= 1:
+            raise ValueError(f"uniform_mix must lie in (0, 1], got {uniform_mix!r}")
+        self.history, self.uniform_mix = int(history), float(uniform_mix)
+        self._sq = np.zeros((self.T + 1, self.history))  # row t: the last squared losses at t
+        self._count = np.zeros(self.T + 1, dtype=np.int64)
+
+    @property
+    def warmed_up(self) -> bool:
+        return bool((self._count[1:] >= self.history).all())
+
+    def probs(self) -> torch.Tensor:
+        if not self.warmed_up:
+            return super().probs()
+        w = np.sqrt(self._sq[1:].mean(1))
+        p = (1 - self.uniform_mix) * w / w.sum() + self.uniform_mix / self.T
+        return torch.from_numpy(np.concatenate([[0.0], p]))
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        for ti, loss in zip(t.tolist(), losses.tolist()):
+            self._sq[ti, self._count[ti] % self.history] = loss * loss
+            self._count[ti] += 1
+
+    def state_dict(self) -> dict:
+        return {"T": self.T, "history": self.history, "uniform_mix": self.uniform_mix,
+                "sq": torch.from_numpy(self._sq.copy()), "count": torch.from_numpy(self._count.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if int(state["history"]) != self.history:
+            raise ValueError(f"this sampler keeps history = {self.history}, the saved state {state['history']}")
+        self.uniform_mix = float(state["uniform_mix"])
+        self._sq = np.asarray(state["sq"], dtype=np.float64).copy()
+        self._count = np.asarray(state["count"], dtype=np.int64).copy()
+
+    def __repr__(self) -> str:
+        return f"ImportanceTimeSampler(T={self.T}, history={self.history}, warmed_up={self.warmed_up})"

@@ -1,0 +1,6 @@
+import os
+
+import torch
+
+# Two cores on the CI machines: keep torch from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
