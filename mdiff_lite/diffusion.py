@@ -404,12 +404,14 @@ def _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
     t_b = t.view((B,) + (1,) * (x0.ndim - 1))
     nll = -log_x0_hat.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     # Rows with t = 1 get a KL evaluated at t = 2 that is then discarded: at t = 1 the true
-    # posterior has exact zeros, and 0 * log 0 would put NaN into the gradients of torch.where.
-    t_kl = t_b.clamp(min=2)
-    log_q = log_q_posterior(x_t, x0, t_kl, schedule, K, log_x0_hat.dtype)
-    log_p = log_q_posterior(x_t, log_x0_hat, t_kl, schedule)
-    kl = _kl_from_logs(log_q, log_p)
-    per_dim = torch.where(t_b == 1, nll, kl)
+    # posterior has exact zeros, and 0 * log 0 would fill the discarded branch with NaN.
+    if schedule.T == 1:
+        per_dim = nll
+    else:
+        t_kl = t_b.clamp(min=2)
+        log_q = log_q_posterior(x_t, x0, t_kl, schedule, K, log_x0_hat.dtype)
+        log_p = log_q_posterior(x_t, log_x0_hat, t_kl, schedule)
+        per_dim = torch.where(t_b == 1, nll, _kl_from_logs(log_q, log_p))
     return per_dim.reshape(B, -1).sum(1, dtype=torch.float64 if per_dim.dtype == torch.float64 else None)
 
 
