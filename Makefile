@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Loopback only, token on. Jupyter refuses to run as root unless told to (containers, CI).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
 
 # Re-resolve the ranges of pyproject.toml in a scratch environment and pin the result.
 lock:
