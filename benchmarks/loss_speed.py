@@ -53,10 +53,12 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     B, H, K = args.batch, args.size, args.K
     x0 = torch.randint(0, K, (B, H, H))
-    logits = torch.randn(B, H, H, K, requires_grad=True)
+    # Laid out as a convolutional network returns it: channels-first memory, class axis last in view.
+    logits = torch.randn(B, K, H, H, requires_grad=True)
 
     def denoiser(x_t, t):  # free: a fixed tensor (repeated when several t share a call)
-        return logits.repeat(x_t.shape[0] // B, 1, 1, 1) if x_t.shape[0] != B else logits
+        out = logits.repeat(x_t.shape[0] // B, 1, 1, 1) if x_t.shape[0] != B else logits
+        return out.permute(0, 2, 3, 1)
 
     schedule = make_schedule("hoogeboom-cosine", args.T)
     rows = []
