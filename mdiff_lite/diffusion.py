@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .schedules import Schedule
 
 __all__ = [
-    "q_step", "q_marginal", "q_posterior", "categorical_kl", "log_categorical",
+    "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
     "sample_categorical", "one_hot", "bits_per_dim",
     "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss",
     "UniformTimeSampler", "ImportanceTimeSampler",
@@ -189,6 +189,41 @@ def q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule) -> t
     likelihood = _coef(schedule, "alphas", t, dtype) * x_t + _coef(schedule, "betas", t, dtype) / K
     prior = (_coef(schedule, "alpha_bars", t - 1, dtype) * x0
              + _coef(schedule, "one_minus_alpha_bars", t - 1, dtype) / K)
+    theta = likelihood * prior
+    return theta / theta.sum(-1, keepdim=True)
+
+
+def q_posterior_skip(x_t: torch.Tensor, x0: torch.Tensor, t, s, schedule: Schedule) -> torch.Tensor:
+    """``q(x_s | x_t, x_0)`` for any ``0 <= s < t``: the posterior that lets a sampler jump back
+    several steps at once.
+
+    The steps ``s + 1 .. t`` compose into one step of the same kind: a class survives all of
+    them with probability ``alpha_bar_t / alpha_bar_s``, else it was resampled uniformly, so
+    ``q(x_t | x_s) = C(x_t | (alpha_bar_t / alpha_bar_s) x_s + (1 - alpha_bar_t / alpha_bar_s) / K)``.
+    Bayes with eq. 12 at ``s`` then gives, as for eq. 13,
+
+        theta~ = [(abar_t / abar_s) x_t + (1 - abar_t / abar_s) / K] * [abar_s x_0 + (1 - abar_s) / K],
+
+    normalised. For ``s = t - 1``, ``abar_t / abar_{t-1} = alpha_t`` and this is eq. 13.
+    ``t`` and ``s`` are ints or integer tensors (``s < t`` everywhere); a vanished
+    ``alpha_bar_s`` (only possible when some beta is 1) counts as "everything resampled".
+    """
+    _check_schedule(schedule)
+    _check_probs(x_t, "x_t")
+    _check_probs(x0, "x0")
+    if x_t.shape[-1] != x0.shape[-1]:
+        raise ValueError(f"x_t and x0 must have the same number of classes, got {x_t.shape[-1]} and {x0.shape[-1]}")
+    t = _check_t(t, 1, schedule.T, x_t.device)
+    s = _check_t(s, 0, schedule.T - 1, x_t.device, "s")
+    if (s >= t).any():
+        raise ValueError("s must be smaller than t")
+    K = x_t.shape[-1]
+    dtype = torch.promote_types(x_t.dtype, x0.dtype)
+    abar = schedule.buffer("alpha_bars", x_t.device, torch.float64)
+    ratio = torch.where(abar[s] > 0, abar[t] / abar[s].clamp(min=1e-300), torch.zeros_like(abar[s]))
+    ratio = ratio.to(dtype).unsqueeze(-1)
+    likelihood = ratio * x_t + (1 - ratio) / K
+    prior = _coef(schedule, "alpha_bars", s, dtype) * x0 + _coef(schedule, "one_minus_alpha_bars", s, dtype) / K
     theta = likelihood * prior
     return theta / theta.sum(-1, keepdim=True)
 
@@ -487,7 +522,8 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
 
 
 def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
-                  num_classes: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                  num_classes: int | None = None, generator: torch.Generator | None = None,
+                  reduction: str = "mean") -> torch.Tensor:
     """Eq. 17: the training objective, an unbiased one-sample estimate of ``-(eq. 3)``.
 
     For each example a time ``t ~ p(t)`` is drawn by ``t_sampler`` and the loss is
@@ -500,9 +536,12 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
         denoiser, x0, num_classes, generator: as in :func:`vlb_terms`.
         t_sampler: a :class:`UniformTimeSampler` or :class:`ImportanceTimeSampler` with the
             schedule's ``T``.
+        reduction: ``"mean"`` (over the batch) or ``"none"`` (one estimate per example).
     Returns:
-        a scalar: the mean over the batch, in nats per example.
+        nats per example: a scalar (the batch mean), or ``[B]`` with ``reduction="none"``.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     _check_schedule(schedule)
     if not hasattr(t_sampler, "sample") or getattr(t_sampler, "T", None) != schedule.T:
         raise ValueError(f"t_sampler must be a time sampler with T = {schedule.T}, got {t_sampler!r}")
@@ -515,7 +554,8 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
     L_t = _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K)
     t_sampler.update(t, L_t.detach())
     prior = prior_kl(x0, schedule, K).to(L_t.dtype)
-    return (L_t / p_t.to(L_t.dtype) + prior).mean()
+    estimate = L_t / p_t.to(L_t.dtype) + prior
+    return estimate.mean() if reduction == "mean" else estimate
 
 
 # ---------------------------------------------------------------------------------------------

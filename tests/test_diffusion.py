@@ -114,6 +114,26 @@ def test_eq13_at_t1_returns_x0_and_eq14_is_the_plugin_formula():
         np.testing.assert_allclose(D.q_posterior(xt, x0_hat, t, s).numpy(), theta / theta.sum(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("name, params", SCHEDULES)
+def test_skip_posterior_is_bayes_over_several_steps(name, params):
+    # q(x_s | x_t, x_0) ∝ Q_bar_s[x0, x_s] * (Q_{s+1} ... Q_t)[x_s, x_t], all from matrix products.
+    K, T = 3, 9
+    sch = make_schedule(name, T, **params)
+    for t in range(1, T + 1):
+        for s in range(0, t):
+            between = np.eye(K)
+            for tau in range(s + 1, t + 1):
+                between = between @ Q(sch.alphas[tau].item(), K)
+            for c, i in itertools.product(range(K), range(K)):
+                joint = Q_bar(sch, s, K)[c] * between[:, i]
+                if joint.sum() == 0:
+                    continue
+                got = D.q_posterior_skip(D.one_hot(torch.tensor(i), K, F64), D.one_hot(torch.tensor(c), K, F64), t, s, sch)
+                np.testing.assert_allclose(got.numpy(), joint / joint.sum(), rtol=1e-9, atol=1e-12)
+    x = random_probs(np.random.default_rng(0), (4,), K)
+    torch.testing.assert_close(D.q_posterior_skip(x, x, 5, 4, sch), D.q_posterior(x, x, 5, sch))
+
+
 # ---- eq. 15 and eq. 16 by hand ------------------------------------------------------------------
 
 def test_eq15_by_hand():
@@ -481,6 +501,7 @@ X = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
     (lambda: D.training_loss(lambda x, t: x, torch.zeros(2, 3, dtype=torch.long), S, D.UniformTimeSampler(9),
                              num_classes=4), ValueError, "T = 10"),
     (lambda: D.UniformTimeSampler(0), ValueError, "got 0"),
+    (lambda: D.q_posterior_skip(X, X, 3, 3, S), ValueError, "smaller"),
 ])
 def test_bad_input_is_refused_clearly(call, error, fragment):
     with pytest.raises(error) as info:

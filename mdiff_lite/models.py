@@ -1,0 +1,211 @@
+"""A tiny U-Net denoiser: ``(x_t, t) -> logits of x0_hat``, class axis last.
+
+The network follows the denoiser protocol of :mod:`mdiff_lite.diffusion`:
+``model(x_t: LongTensor[B, H, W], t: LongTensor[B]) -> logits[B, H, W, K]``.
+
+Three choices make it small and fast enough for a laptop CPU:
+
+- **Folded pixels.** Each ``fold x fold`` block of pixels is folded into channels
+  (``pixel_unshuffle``), so a 32 x 32 map is processed at 16 x 16, 8 x 8 and 4 x 4. Convolutions
+  at full resolution cost four times as much for little gain on maps made of large regions.
+- **Bayes as a starting point.** The logits are ``log q(x_t | x_0 = k) + correction``: the first
+  term is what the observed ``x_t`` alone says about each candidate class ``k`` (eq. 12 read as a
+  likelihood of ``x_0``), the network only learns the correction (the prior over maps). At small
+  t the first term is already sharp (``x_t`` is almost surely ``x_0``), which the decoder term of
+  eq. 16 needs: without it a network must learn to copy its input with near-certainty, and in a
+  calibration run it did not, which cost a third of the whole bound. The last layer starts at
+  zero, so an untrained network is exactly this Bayesian posterior under a uniform prior over
+  classes.
+- **Attention** only at the lowest resolution (4 x 4 for 32 x 32 maps), where it is cheap and
+  links the far sides of the map.
+
+Taught in notebook 05; the configuration is a small dataclass saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .schedules import make_schedule
+
+__all__ = ["DenoiserConfig", "Denoiser", "count_parameters"]
+
+
+@dataclass
+class DenoiserConfig:
+    """Everything needed to rebuild a :class:`Denoiser` (saved in checkpoints as a dict).
+
+    ``schedule`` is the dict of ``Schedule.to_dict()``: the network reads ``alpha_bar_t`` for its
+    Bayes term, so a denoiser belongs to one schedule.
+    """
+
+    num_classes: int
+    height: int
+    width: int
+    schedule: dict = field(default_factory=lambda: {"name": "hoogeboom-cosine", "T": 1000})
+    channels: tuple = (48, 80, 96)
+    blocks_per_level: int = 1
+    fold: int = 2
+    embed_dim: int = 32
+    attention: bool = True
+    groups: int = 8
+    bayes_logits: bool = True
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        scale = self.fold * 2 ** (len(self.channels) - 1)
+        if self.height % scale or self.width % scale:
+            raise ValueError(f"height and width ({self.height} x {self.width}) must be multiples of "
+                             f"fold * 2^(levels - 1) = {scale} for fold={self.fold} and {len(self.channels)} levels")
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be a multiple of groups={self.groups}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenoiserConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown denoiser config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "channels" in d:
+            d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer-style embedding of integer times: sines and cosines of geometric frequencies."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; the time embedding shifts and scales the middle; a residual path."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time = nn.Linear(t_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, t_emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.time(t_emb)[:, :, None, None].chunk(2, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the positions of a (small) feature map, with a residual."""
+
+    def __init__(self, channels: int, groups: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.heads = heads
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Denoiser(nn.Module):
+    """The U-Net. ``Denoiser(DenoiserConfig(num_classes=8, height=32, width=32))``."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.num_classes = K = config.num_classes
+        schedule = make_schedule(**config.schedule)
+        self.T = schedule.T
+        # float32 copies for the Bayes term; the float64 originals stay in the schedule.
+        self.register_buffer("log_alpha_bars", schedule.log_alpha_bars.float(), persistent=False)
+        self.register_buffer("log_one_minus_alpha_bars", schedule.log_one_minus_alpha_bars.float(), persistent=False)
+
+        f2 = config.fold ** 2
+        t_dim = 4 * config.embed_dim
+        self.embed = nn.Embedding(K, config.embed_dim)
+        self.time_mlp = nn.Sequential(nn.Linear(config.embed_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        chans = list(config.channels)
+        self.stem = nn.Conv2d(config.embed_dim * f2, chans[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips = [chans[0]]
+        c = chans[0]
+        for level, c_level in enumerate(chans):
+            for _ in range(config.blocks_per_level):
+                self.down.append(ResBlock(c, c_level, t_dim, config.groups, config.dropout))
+                c = c_level
+                skips.append(c)
+            if level < len(chans) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid1 = ResBlock(c, c, t_dim, config.groups, config.dropout)
+        self.mid_attn = Attention(c, config.groups) if config.attention else nn.Identity()
+        self.mid2 = ResBlock(c, c, t_dim, config.groups, config.dropout)
+
+        self.up = nn.ModuleList()
+        for level, c_level in reversed(list(enumerate(chans))):
+            for _ in range(config.blocks_per_level + 1):
+                self.up.append(ResBlock(c + skips.pop(), c_level, t_dim, config.groups, config.dropout))
+                c = c_level
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.head = nn.Sequential(nn.GroupNorm(config.groups, c), nn.SiLU(), nn.Conv2d(c, K * f2, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def bayes_logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | x_0 = k)`` for every class k (eq. 12 as a likelihood of x_0), ``[B, H, W, K]``."""
+        K = self.num_classes
+        log_noise = (self.log_one_minus_alpha_bars[t] - math.log(K))[:, None, None, None]
+        log_same = torch.logaddexp(self.log_alpha_bars[t][:, None, None, None], log_noise)
+        return torch.where(F.one_hot(x_t, K).bool(), log_same, log_noise)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        h = self.embed(x_t).permute(0, 3, 1, 2)
+        if cfg.fold > 1:
+            h = F.pixel_unshuffle(h, cfg.fold)
+        t_emb = self.time_mlp(sinusoidal_embedding(t * (1000.0 / self.T), cfg.embed_dim))
+        h = self.stem(h)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, t_emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, t_emb)), t_emb)
+        for layer in self.up:
+            h = layer(torch.cat([h, hs.pop()], 1), t_emb) if isinstance(layer, ResBlock) else layer(h)
+        h = self.head(h)
+        if cfg.fold > 1:
+            h = F.pixel_shuffle(h, cfg.fold)
+        logits = h.permute(0, 2, 3, 1)
+        if cfg.bayes_logits:
+            logits = logits + self.bayes_logits(x_t, t).to(logits.dtype)
+        return logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

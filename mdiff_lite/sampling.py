@@ -1,0 +1,117 @@
+"""Generating maps: ancestral sampling, sampling in fewer steps, inpainting.
+
+The generative model of the paper: ``x_T`` uniform, then ``x_{t-1} ~ p(x_{t-1} | x_t) =
+C(theta_post(x_t, x0_hat))`` (eq. 14) down to ``t = 1``, and ``x_0 ~ C(x0_hat(x_1, 1))``
+(eq. 16). Its likelihood is what :mod:`mdiff_lite.evaluate` bounds.
+
+With fewer steps the sampler visits a decreasing grid ``T = t_0 > t_1 > ... > t_n = 0`` and
+jumps with ``q(x_s | x_t, x0_hat)`` (:func:`mdiff_lite.diffusion.q_posterior_skip`): the same
+network, no retraining, n network calls instead of T.
+
+Inpainting keeps known pixels: after every step, the known pixels are replaced by a fresh
+draw of ``q(x_s | x_0 = known)``, so that they carry exactly the noise level the network expects
+at time ``s``; at the end they are the known values themselves.
+
+Taught in notebook 05.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .diffusion import q_posterior_skip, q_sample
+from .schedules import Schedule
+
+__all__ = ["time_grid", "sample", "inpaint"]
+
+
+def time_grid(T: int, steps: int | None = None) -> list[int]:
+    """The decreasing times a sampler visits, from T down to 0 (``steps`` jumps; all T by default)."""
+    steps = T if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
+    grid = torch.linspace(T, 0, steps + 1).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+def _sample_index(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One class index per leading position from probabilities ``[..., K]`` (inverse CDF)."""
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
+    cdf = probs.cumsum(-1)
+    return (cdf <= u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, mask, return_trajectory, progress):
+    K = model.num_classes
+    n = x.shape[0]
+    grid = time_grid(schedule.T, steps)
+    trajectory = [x.to(torch.uint8 if K <= 256 else torch.int16).cpu()] if return_trajectory else None
+    for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
+        t_vec = torch.full((n,), t, device=x.device, dtype=torch.long)
+        x0_hat = torch.softmax(model(x, t_vec).float(), -1)
+        if s == 0:
+            # Eq. 16, p(x_0 | x_1) = C(x0_hat); for a jump from t > 1 straight to x_0 the same:
+            # x0_hat already weighs in what x_t says about x_0 (the denoiser sees x_t).
+            probs = x0_hat
+        else:
+            probs = q_posterior_skip(F.one_hot(x, K).float(), x0_hat, t, s, schedule)
+        x = _sample_index(probs, generator)
+        if known is not None:
+            noisy_known = q_sample(known, s, schedule, K, generator) if s > 0 else known
+            x = torch.where(mask, noisy_known, x)
+        if return_trajectory:
+            trajectory.append(x.to(trajectory[0].dtype).cpu())
+    if return_trajectory:
+        return x, torch.stack(trajectory), grid
+    return x
+
+
+def _check_model(model) -> int:
+    if not callable(model) or not hasattr(model, "num_classes"):
+        raise TypeError("model must be a denoiser with a num_classes attribute, e.g. mdiff_lite.models.Denoiser")
+    return model.num_classes
+
+
+def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, steps: int | None = None,
+           generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
+           progress: bool = True):
+    """Draw ``n`` maps from the model: LongTensor ``[n, H, W]``.
+
+    Args:
+        shape: ``(H, W)``; default: the model's configured size.
+        steps: number of network calls (default T, the model whose likelihood is reported).
+        generator: on the model's device, for reproducible samples.
+        return_trajectory: also return every intermediate ``x_t`` as ``[len(grid), n, H, W]``
+            (uint8, on the CPU) and the times ``grid`` they belong to.
+    """
+    K = _check_model(model)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if shape is None:
+        shape = (model.config.height, model.config.width)
+    device = device or next(model.parameters()).device
+    x_T = torch.randint(0, K, (n,) + tuple(shape), generator=generator, device=device)
+    return _run(model, schedule, x_T, steps, generator, None, None, return_trajectory, progress)
+
+
+def inpaint(model, schedule: Schedule, known: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
+            generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = True):
+    """Fill the pixels where ``mask`` is False, keeping ``known`` where it is True.
+
+    Args:
+        known: LongTensor ``[n, H, W]`` (values under ``~mask`` are ignored).
+        mask: bool tensor broadcasting to ``known``: True where the pixel is known.
+    """
+    K = _check_model(model)
+    if not isinstance(known, torch.Tensor) or known.is_floating_point() or known.ndim != 3:
+        raise ValueError("known must be a LongTensor [n, H, W] of class indices")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError("mask must be a bool tensor (True where the pixel is known)")
+    mask = mask.to(known.device).broadcast_to(known.shape)
+    known = known.long().clamp(0, K - 1)
+    x_T = torch.randint(0, K, known.shape, generator=generator, device=known.device)
+    x_T = torch.where(mask, q_sample(known, schedule.T, schedule, K, generator), x_T)
+    return _run(model, schedule, x_T, steps, generator, known, mask, return_trajectory, progress)

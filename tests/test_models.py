@@ -1,0 +1,67 @@
+"""The denoiser: shapes, the protocol of mdiff_lite.diffusion, and its Bayes starting point."""
+
+import math
+
+import pytest
+import torch
+
+from mdiff_lite import make_schedule, one_hot, q_marginal, vlb_terms
+from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters
+
+SMALL = dict(channels=(16, 32), embed_dim=16, schedule={"name": "hoogeboom-cosine", "T": 50})
+
+
+def test_default_denoiser_is_small_and_class_last():
+    model = Denoiser(DenoiserConfig(num_classes=8, height=32, width=32))
+    assert count_parameters(model) <= 2_100_000
+    x = torch.randint(0, 8, (3, 32, 32))
+    out = model(x, torch.tensor([1, 500, 1000]))
+    assert out.shape == (3, 32, 32, 8) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("height, width, fold, K", [(8, 8, 1, 17), (16, 8, 2, 3), (32, 32, 2, 8)])
+def test_sizes_and_folds(height, width, fold, K):
+    model = Denoiser(DenoiserConfig(num_classes=K, height=height, width=width, fold=fold, **SMALL))
+    out = model(torch.randint(0, K, (2, height, width)), torch.tensor([1, 50]))
+    assert out.shape == (2, height, width, K)
+
+
+def test_untrained_denoiser_is_the_bayes_posterior_under_a_uniform_prior():
+    # The last layer starts at zero, so x0_hat(k) ∝ q(x_t | x_0 = k), computed here from eq. 12.
+    K, T = 5, 50
+    model = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, **SMALL))
+    s = make_schedule("hoogeboom-cosine", T)
+    x_t = torch.randint(0, K, (4, 8, 8))
+    t = torch.tensor([1, 10, 30, 50])
+    x0_hat = torch.softmax(model(x_t, t).double(), -1)
+    likelihood = torch.stack([q_marginal(one_hot(torch.full_like(x_t, k), K, torch.float64),
+                                         t.view(4, 1, 1), s).gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+                              for k in range(K)], -1)
+    torch.testing.assert_close(x0_hat, likelihood / likelihood.sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
+
+
+def test_bayes_term_makes_the_decoder_cheap_from_the_start():
+    # At t = 1 the observed x_1 is almost surely x_0: the untrained net already pays little for
+    # eq. 16, whereas without the Bayes term it would pay log K per pixel.
+    K = 8
+    x0 = torch.randint(0, K, (4, 8, 8))
+    s = make_schedule("hoogeboom-cosine", 50)
+    with_bayes = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, **SMALL))
+    without = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, bayes_logits=False, **SMALL))
+    with torch.no_grad():
+        cheap = vlb_terms(with_bayes, x0, s)[:, 0].mean() / 64
+        costly = vlb_terms(without, x0, s)[:, 0].mean() / 64
+    assert cheap < 0.01 and costly == pytest.approx(math.log(K), rel=1e-4)
+
+
+def test_config_round_trip_and_validation():
+    cfg = DenoiserConfig(num_classes=8, height=32, width=32)
+    assert DenoiserConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="multiples"):
+        DenoiserConfig(num_classes=8, height=30, width=32).validate()
+    with pytest.raises(ValueError, match="num_classes"):
+        DenoiserConfig(num_classes=1, height=32, width=32).validate()
+    with pytest.raises(ValueError, match="unknown"):
+        DenoiserConfig.from_dict({**cfg.to_dict(), "depth": 3})
+    with pytest.raises(ValueError, match="groups"):
+        DenoiserConfig(num_classes=8, height=32, width=32, channels=(20, 40, 40)).validate()
