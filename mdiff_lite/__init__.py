@@ -1,7 +1,8 @@
 """mdiff_lite: multinomial diffusion (Hoogeboom et al., NeurIPS 2021), small, readable and tested.
 
 Modules, one per idea of the paper: ``schedules`` (the noise schedule), ``diffusion``
-(eqs. 3 and 11-17), ``data`` (datasets with known entropy).
+(eqs. 3 and 11-17), ``data`` (datasets, one with a known entropy), ``plots``, ``models`` (the
+denoiser), ``train``, ``evaluate`` (bits per pixel), ``sampling``.
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,673 @@
+"""Categorical maps to model: a toy street scene with an exact likelihood, digits, permuted labels.
+
+The paper's segmentation benchmark (Cityscapes, 32 x 64, 8 classes) cannot ship with the course.
+A toy dataset whose distribution is known exactly does more for a reader: every model's bits per
+pixel can be held against the true entropy, the floor no model can beat. A small real dataset
+(digits) shows the same method on data nobody designed. Three datasets, one surface:
+
+- :class:`ToySegmentation`: procedural street scenes, K = 8 classes, exact ``log_prob`` and
+  ``entropy_bits_per_pixel``.
+- :class:`Digits`: scikit-learn's bundled 8 x 8 digits, whose 17 grey levels are 17 classes
+  (:func:`bin_levels` merges them into fewer).
+- :class:`PermutedLabels`: any of the two with its class ids shuffled by a fixed permutation.
+  Multinomial diffusion treats classes as unordered and is blind to it; a model that treats class
+  ids as ordered values (a dequantization flow) is not.
+
+Each has ``num_classes``, ``class_names``, ``colors`` (one fixed colour per class, as hex strings;
+:mod:`mdiff_lite.plots` draws with them), ``height``, ``width`` and ``split(name)`` returning a
+``LongTensor[n, height, width]`` of class ids. This module knows nothing of diffusion.
+
+Taught in notebook 04 (the maps that noise eats); notebook 05 trains on them and notebook 06
+holds bits per pixel against ``entropy_bits_per_pixel`` and compares :class:`PermutedLabels`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+__all__ = [
+    "ToySegmentation", "Variable", "TOY_CLASS_NAMES", "TOY_COLORS",
+    "Digits", "bin_levels", "PermutedLabels",
+]
+
+SKY, BUILDING, WINDOW, ROAD, SIDEWALK, VEGETATION, CAR, PERSON = range(8)
+TOY_CLASS_NAMES = ("sky", "building", "window", "road", "sidewalk", "vegetation", "car", "person")
+# Cityscapes colours where Cityscapes has the class, so the figures read like the paper's.
+TOY_COLORS = ("#4682b4", "#464646", "#f5d35a", "#804080", "#f423e8", "#6b8e23", "#00008e", "#dc143c")
+
+SPLIT_NAMES = ("train", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks at the boundary.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_count(n, name: str = "n") -> int:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {name} = {n!r}")
+    return int(n)
+
+
+def _check_split_name(name) -> None:
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"split name must be 'train' or 'test', got {name!r}")
+
+
+def _check_maps(maps, height: int, width: int) -> torch.Tensor:
+    """``maps`` as a LongTensor ``[n, height, width]``; any integer dtype is accepted."""
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"maps must be a torch.Tensor of class ids, got {type(maps).__name__}")
+    if maps.dtype == torch.bool or maps.is_floating_point() or maps.is_complex():
+        raise ValueError(f"maps must be an integer tensor of class ids, got dtype {maps.dtype}")
+    if maps.ndim != 3 or tuple(maps.shape[1:]) != (height, width):
+        raise ValueError(f"maps must have shape [n, {height}, {width}], got {tuple(maps.shape)} "
+                         f"(a single map needs a leading axis: maps[None])")
+    return maps.long()
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy street scene.
+#
+# A scene is a handful of independent choices (the variables): the horizon row, the depth of the
+# sidewalk, one building per 8-column lot, one person, tree or bush per 4-column stretch of the
+# sidewalk, one car per 8-column slot of each lane. Every value of every variable draws a small
+# patch ("stamp") at a place fixed by the variable and the horizon; later stamps cover earlier ones.
+# Rendering is injective by design: people and trees only cover the lowest rows of a building,
+# and a building says everything about itself (outline, windows, roof) above those rows. So a map
+# can be decoded back into its choices, and
+#     log p(map) = sum of the log-probabilities of the decoded choices
+# when re-rendering the choices gives the map back, -inf otherwise (the map is not in the
+# support). The entropy is the sum of the variables' entropies: exact, no Monte Carlo.
+# ---------------------------------------------------------------------------------------------
+
+BUILDING_LOT = 8   # columns per building variable
+SIDEWALK_LOT = 4   # columns per person/tree/bush variable
+CAR_SLOT = 8       # columns per car variable
+
+# (name, weight): weights within a variable are relative; they make the distribution non-uniform.
+ROOFS = (("flat", 0.35), ("gable", 0.20), ("tower", 0.15), ("chimney", 0.10), ("antenna", 0.20))
+FACADES = (("grid", 0.30), ("grid shifted", 0.15), ("ribbon", 0.20), ("pairs", 0.10), ("columns", 0.10),
+           ("blank", 0.15))
+SIDEWALK_KINDS = (("empty", 0.30), ("person", 0.12), ("child", 0.05), ("walker", 0.08), ("arms out", 0.04),
+                  ("arm up", 0.04), ("tree", 0.25), ("bush", 0.12))
+# A car facing right, drawn by its top row ("-" nothing, "w" window, "c" car) over a full-length body.
+CAR_KINDS = (("empty", 0.25, ""), ("compact", 0.15, "-wc-"), ("sedan", 0.20, "-wwc-"), ("hatchback", 0.10, "cwwc-"),
+             ("van", 0.10, "cwwwc-"), ("pickup", 0.08, "---wc-"), ("truck", 0.07, "cccc-wc"), ("bus", 0.05, "cwwcwwcw"))
+SMALL_CARS = ("compact", "sedan")   # the only ones drawn when a lane is 2 rows high
+
+
+@dataclass(frozen=True, eq=False)
+class Variable:
+    """One independent choice of the generator.
+
+    Attributes:
+        name: e.g. ``"horizon"``, ``"building 2"``, ``"car near 0"``.
+        values: a readable description of each value, e.g. ``("sedan", 2, "left")`` (kind,
+            column offset in its slot, facing); ``values[i]`` has probability ``probs[i]``.
+        probs: float64 tensor of the values' probabilities, summing to 1.
+    """
+
+    name: str
+    values: tuple
+    probs: torch.Tensor
+
+    @property
+    def entropy_bits(self) -> float:
+        p = self.probs
+        return float(-(p * torch.log2(p)).sum()) + 0.0   # + 0.0: a one-value variable has 0.0, not -0.0
+
+
+@dataclass(frozen=True, eq=False)
+class _Stamp:
+    """How one variable draws: ``bank[value]`` is pasted with its top-left corner at
+    ``(top_h * horizon + top_s * sidewalk_depth + top_c, left)``; -1 in the bank is transparent.
+    ``probe`` marks the pixels of the patch no later stamp can cover; ``classes`` are the classes
+    the variable draws. Decoding looks for the value that shows exactly what the map shows on the
+    probe, once every class not in ``classes`` is replaced by "other"."""
+
+    bank: torch.Tensor
+    top: tuple[int, int, int]
+    left: int
+    probe: torch.Tensor
+    classes: tuple[int, ...]
+    seen: torch.Tensor   # [values, probe pixels]: what each value shows there, as _codes
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Sizes of the construction, scaled from the map's height and width (see ``_layout``)."""
+
+    horizons: tuple[int, ...]   # possible rows of the horizon, the first ground row
+    depths: tuple[int, ...]     # possible depths of the sidewalk, in rows
+    building_rows: int          # rows above the horizon open to a building and its roof
+    roof_rows: int
+    cover_rows: int             # rows above the horizon that people and trees can cover
+    person_rows: int
+    tree_rows: int
+    car_rows: int
+    lanes: tuple[tuple[str, tuple[int, int, int]], ...]   # (name, top row as (top_h, top_s, top_c))
+
+
+def _layout(height: int, width: int) -> _Layout:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {name} = {value!r}")
+        if value < 8:
+            raise ValueError(f"{name} must be at least 8 for the street-scene construction, got {name} = {value}")
+    H = int(height)
+    # At 32 x 32: horizon rows 15..19, sidewalk 2..4 rows deep, people 5 and trees 6 rows tall, cars
+    # 3 rows, two lanes. Every size is scaled from H and rounded; 8 x 8 keeps one of most things.
+    h_lo = 17 * H // 32 - H // 16
+    horizons = tuple(range(h_lo, h_lo + max(1, H // 8) + 1))
+    d_lo = max(1, H // 16)
+    depths = tuple(range(d_lo, d_lo + H // 16 + 1))
+    person_rows, tree_rows = max(2, 5 * H // 32), max(2, 6 * H // 32)
+    cover_rows = max(person_rows, tree_rows) - 1
+    car_rows, gap = max(2, 3 * H // 32), H // 32
+    building_rows = horizons[0] - 1            # keep one row of sky above the tallest building
+    near_top = H - gap - car_rows              # the near lane sits at the bottom of the map
+    lowest_road = horizons[-1] + depths[-1]    # first road row when horizon and sidewalk are lowest
+    if building_rows < cover_rows + 2 or near_top < lowest_road:
+        raise ValueError(f"height = {height} leaves no room for buildings above the people and a lane "
+                         f"below the sidewalk")
+    lanes = (("near", (0, 0, near_top)),)
+    if lowest_road + gap + car_rows <= near_top - 1:   # a far lane follows the horizon
+        lanes = (("far", (1, 1, gap)),) + lanes
+    return _Layout(horizons, depths, building_rows, max(1, H // 16), cover_rows, person_rows, tree_rows,
+                   car_rows, lanes)
+
+
+def _roofs(w: int, rows: int) -> list:
+    """(name, weight, columns drawn in each row above the wall) for a building ``w`` columns wide."""
+    out = []
+    for name, weight in ROOFS:
+        if name == "flat":
+            out.append((name, weight, []))
+        elif name == "gable":
+            out.append((name, weight, [range(k, w - k) for k in range(1, rows + 1) if k < w - k]))
+        elif name == "tower":
+            out.append((name, weight, [range(w // 2 - 1, w // 2 + 1)] * rows))
+        else:   # a one-row chimney at either end, or an antenna on any inner column
+            places = (1, w - 2) if name == "chimney" else range(1, w - 1)
+            tall = 1 if name == "chimney" else rows
+            out += [(f"{name} {c}", weight / len(places), [[c]] * tall) for c in places]
+    return out
+
+
+def _window(facade: str, d: int, c: int) -> bool:
+    """Is there a window ``d`` rows above the horizon, ``c`` columns into the building? Floors are
+    two rows high and counted from the ground, so windows line up across the street."""
+    floor = d % 2 == 0
+    return {"grid": floor and c % 2 == 1, "grid shifted": floor and c % 2 == 0, "ribbon": floor,
+            "pairs": floor and c % 3 != 0, "columns": c % 2 == 1, "blank": False}[facade]
+
+
+def _building_patches(L: _Layout) -> list:
+    """(value, weight, patch) for every building of one lot; the patch's bottom row is the row just
+    above the horizon. Windows only in rows above those people and trees can cover, so that a
+    building's facade is always in sight."""
+    rows, out = L.building_rows, []
+    for w in range(4, BUILDING_LOT + 1):
+        for x0 in range(BUILDING_LOT - w + 1):
+            for wall in range(L.cover_rows + 2, rows + 1):
+                for roof, roof_weight, roof_cols in _roofs(w, L.roof_rows):
+                    if wall + len(roof_cols) > rows:
+                        continue
+                    for facade, facade_weight in FACADES:
+                        patch = np.full((rows, BUILDING_LOT), -1)
+                        patch[rows - wall:, x0:x0 + w] = BUILDING
+                        for d in range(L.cover_rows + 1, wall):   # d = wall is the top row: no windows
+                            for c in range(1, w - 1):
+                                if _window(facade, d, c):
+                                    patch[rows - d, x0 + c] = WINDOW
+                        for k, cols in enumerate(roof_cols, start=1):
+                            patch[rows - wall - k, [x0 + c for c in cols]] = BUILDING
+                        # Lower walls are likelier; positions and widths are uniform.
+                        weight = roof_weight * facade_weight * 0.85 ** (wall - L.cover_rows)
+                        out.append((("building", x0, w, wall, roof, facade), weight, patch))
+    return out
+
+
+def _person(kind: str, rows: int) -> np.ndarray | None:
+    """A person ``rows`` tall (a child two rows less), head on top; None if too small to draw."""
+    if kind in ("person", "child"):
+        return np.full((rows if kind == "person" else max(2, rows - 2), 1), PERSON)
+    if rows < 4:
+        return None
+    shape = np.full((rows, 3), -1)
+    shape[:, 1] = PERSON
+    shape[-1] = [PERSON, -1, PERSON]       # legs apart
+    if kind == "arms out":
+        shape[1] = PERSON
+    elif kind == "arm up":
+        shape[0, 2] = shape[1, 2] = PERSON
+    return shape
+
+
+def _tree(rows: int, crown_rows: int, crown_cols: int) -> np.ndarray:
+    """A crown with rounded top corners on a one-column trunk."""
+    shape = np.full((rows, crown_cols), -1)
+    shape[:crown_rows] = VEGETATION
+    if crown_rows >= 2:
+        shape[0, [0, -1]] = -1
+    shape[crown_rows:, (crown_cols - 1) // 2] = VEGETATION
+    return shape
+
+
+def _sidewalk_patches(L: _Layout) -> list:
+    """(value, weight, patch) for one 4-column stretch of sidewalk; the patch's bottom row is the
+    horizon row (the back edge of the sidewalk), where people and trees stand. Every shape leaves
+    a column of that row uncovered, so the horizon stays in sight."""
+    rows, out = L.cover_rows + 1, []
+    for kind, weight in SIDEWALK_KINDS:
+        if kind == "empty":
+            out.append(("empty", weight, np.full((rows, SIDEWALK_LOT), -1)))
+            continue
+        if kind == "tree":   # two heights, two crown depths; a crown as wide as the lot needs height
+            shapes = {(t, c, w): _tree(t, c, w) for t in (L.tree_rows, L.tree_rows - 1) if t >= 2
+                      for c in sorted({(t + 1) // 2, t - 1}) for w in (3, 4) if w == 3 or t >= 4}
+        elif kind == "bush":   # lower than a third of a tree: none when trees are 2 rows tall
+            low = L.tree_rows // 3
+            shapes = {(h, w): np.full((h, w), VEGETATION) for h in (low, low + 1) if low >= 1 for w in (2, 3)}
+        elif kind == "arm up":
+            shapes = {(side,): _person(kind, L.person_rows) for side in ("right", "left")}
+            shapes = {key: s if s is None or key[0] == "right" else s[:, ::-1] for key, s in shapes.items()}
+        else:
+            shapes = {(): _person(kind, L.person_rows)}
+        shapes = {key: s for key, s in shapes.items() if s is not None}
+        choices = [(key, x0) for key, s in shapes.items() for x0 in range(SIDEWALK_LOT - s.shape[1] + 1)]
+        for key, x0 in choices:
+            s = shapes[key]
+            patch = np.full((rows, SIDEWALK_LOT), -1)
+            patch[rows - s.shape[0]:, x0:x0 + s.shape[1]] = s
+            out.append(((kind, *key, x0), weight / len(choices), patch))
+    return out
+
+
+def _car(top: str, rows: int) -> np.ndarray:
+    """A car facing right (its front is the last column): ``top`` over a body, wheels below."""
+    shape = np.full((rows, len(top)), CAR)
+    shape[0] = [{"-": -1, "w": WINDOW, "c": CAR}[ch] for ch in top]
+    if rows >= 3:   # wheels: the underbody shows road between them
+        shape[-1] = -1
+        shape[-1, [1, len(top) - 2]] = CAR
+    return shape
+
+
+def _car_patches(L: _Layout, lane: str) -> list:
+    """(value, weight, patch) for one 8-column slot of a lane. Most cars in the far lane face left,
+    most in the near lane face right (traffic keeps to the right)."""
+    out = []
+    for kind, weight, top in CAR_KINDS:
+        if kind == "empty":
+            out.append(("empty", weight, np.full((L.car_rows, CAR_SLOT), -1)))
+            continue
+        if L.car_rows < 3 and kind not in SMALL_CARS:
+            continue
+        shape = _car(top, L.car_rows)
+        offsets = range(CAR_SLOT - shape.shape[1] + 1)
+        for facing, facing_weight in (("left", 0.75 if lane == "far" else 0.25),
+                                      ("right", 0.25 if lane == "far" else 0.75)):
+            for x0 in offsets:
+                patch = np.full((L.car_rows, CAR_SLOT), -1)
+                patch[:, x0:x0 + shape.shape[1]] = shape if facing == "right" else shape[:, ::-1]
+                out.append(((kind, x0, facing), weight * facing_weight / len(offsets), patch))
+    return out
+
+
+def _merge_identical(entries: list) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """Values that draw the same patch are one value (their weights add up): at small sizes some
+    choices cannot be told apart, and distinct values must draw distinct maps."""
+    merged: dict[bytes, list] = {}
+    for value, weight, patch in entries:
+        key = np.ascontiguousarray(patch).tobytes()
+        if key in merged:
+            merged[key][1] += weight
+        else:
+            merged[key] = [value, weight, patch]
+    values = tuple(v for v, _, _ in merged.values())
+    weights = torch.tensor([w for _, w, _ in merged.values()], dtype=torch.float64)
+    bank = torch.from_numpy(np.stack([p for _, _, p in merged.values()])).long()
+    return values, weights / weights.sum(), bank
+
+
+def _codes(patch: torch.Tensor, classes: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """Class ids -> 1 + position in ``classes``, or 0 ("other") for any other id, in range or not."""
+    lut = torch.zeros(num_classes + 1, dtype=torch.long)
+    lut[list(classes)] = torch.arange(1, len(classes) + 1)
+    inside = (patch >= 0) & (patch < num_classes)
+    return lut[torch.where(inside, patch, num_classes)]
+
+
+class ToySegmentation:
+    """Street-scene segmentation maps with a known distribution: exact ``log_prob`` and entropy.
+
+    A scene is drawn from independent discrete choices (``variables``): the horizon row, shared by
+    the whole width; the depth of the sidewalk; one building per 8-column lot (width, offset, wall
+    height, roof, window pattern), standing on the horizon, windows aligned floor by floor across the
+    street; one person, tree or bush per 4-column stretch of the sidewalk, covering the foot of the
+    buildings; one car per 8-column slot in each lane (kind, offset, facing); the far lane follows
+    the horizon, the near lane sits at the bottom. Distinct choices draw distinct maps.
+
+    At 32 x 32 the entropy is 0.120 bits per pixel (123 bits per map, see
+    ``entropy_bits_per_pixel``); at 8 x 8 the same construction has one building, two stretches of
+    sidewalk, one lane and 130 340 maps in its support, few enough to enumerate (``variables`` and
+    ``render`` make that easy).
+
+    Args:
+        height, width: map size, each at least 8. Sizes of rows (horizon range, people, cars) scale
+            with ``height``; the number of lots and slots with ``width``.
+
+    Used in notebooks 04-06; ``benchmarks/data_stats.py`` times it.
+    """
+
+    num_classes = 8
+    class_names = TOY_CLASS_NAMES
+    colors = TOY_COLORS
+    split_sizes = {"train": 20_000, "test": 1_000}
+
+    def __init__(self, height: int = 32, width: int = 32):
+        L = _layout(height, width)
+        self.height, self.width = int(height), int(width)
+        lots, stretches = _building_patches(L), _sidewalk_patches(L)
+        specs = []   # (name, entries, top, left, probe rows from the top, classes)
+        for i in range(self.width // BUILDING_LOT):
+            specs.append((f"building {i}", lots, (1, 0, -L.building_rows), BUILDING_LOT * i,
+                          L.building_rows - L.cover_rows, (BUILDING, WINDOW)))
+        for i in range(self.width // SIDEWALK_LOT):
+            specs.append((f"sidewalk {i}", stretches, (1, 0, -L.cover_rows), SIDEWALK_LOT * i,
+                          L.cover_rows + 1, (VEGETATION, PERSON)))
+        for lane, top in L.lanes:
+            slots = _car_patches(L, lane)
+            for i in range(self.width // CAR_SLOT):
+                specs.append((f"car {lane} {i}", slots, top, CAR_SLOT * i, L.car_rows, (CAR, WINDOW)))
+
+        # The horizon prefers the middle of its range; the sidewalk is most often of middle depth.
+        horizon_w = torch.tensor([1.0 + min(i, len(L.horizons) - 1 - i) for i in range(len(L.horizons))],
+                                 dtype=torch.float64)
+        depth_w = torch.tensor([2.0 if 0 < i < len(L.depths) - 1 else 1.0 for i in range(len(L.depths))],
+                               dtype=torch.float64)
+        self.variables = [Variable("horizon", L.horizons, horizon_w / horizon_w.sum()),
+                          Variable("sidewalk depth", L.depths, depth_w / depth_w.sum())]
+        self._stamps = []
+        for name, entries, top, left, probe_rows, classes in specs:
+            values, probs, bank = _merge_identical(entries)
+            probe = torch.zeros(bank.shape[1:], dtype=torch.bool)
+            probe[:probe_rows] = True
+            stamp = _Stamp(bank, top, left, probe, classes, _codes(bank, classes, self.num_classes)[:, probe])
+            if len(torch.unique(stamp.seen, dim=0)) != len(values):   # a bug in the construction, not in the input
+                raise RuntimeError(f"{name}: two values draw the same pixels where they are in sight")
+            self.variables.append(Variable(name, values, probs))
+            self._stamps.append(stamp)
+        self._layout = L
+        self._log_probs = [torch.log(v.probs) for v in self.variables]
+        self._cdfs = [torch.cumsum(v.probs, 0) for v in self.variables]
+
+    # -- the distribution ------------------------------------------------------------------------
+
+    @property
+    def entropy_bits_per_pixel(self) -> float:
+        """The generator's exact entropy (the sum of the variables' entropies) / (H * W), in bits."""
+        return sum(v.entropy_bits for v in self.variables) / (self.height * self.width)
+
+    def sample_choices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``LongTensor[n, len(variables)]`` of value indices, one column per variable.
+
+        Drawn by inverse CDF from one ``torch.rand(n, len(variables))``, so the first ``m`` rows
+        do not depend on ``n``: a smaller sample from the same seed is a prefix of a larger one.
+        """
+        n = _check_count(n)
+        u = torch.rand(n, len(self.variables), generator=generator, dtype=torch.float64)
+        columns = [torch.searchsorted(cdf, u[:, i].contiguous(), right=True).clamp_(max=len(cdf) - 1)
+                   for i, cdf in enumerate(self._cdfs)]
+        return torch.stack(columns, 1) if columns else torch.zeros(n, 0, dtype=torch.long)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``LongTensor[n, H, W]`` of maps; the same ``generator`` seed gives the same maps."""
+        return self.render(self.sample_choices(n, generator))
+
+    def split(self, name: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
+        """The ``"train"`` or ``"test"`` maps: ``n`` maps (default ``split_sizes[name]``: 20 000 and
+        1 000) drawn from a generator seeded with ``2 * seed`` (train) or ``2 * seed + 1`` (test),
+        so the two splits of a seed are independent draws and every (seed, name) is reproducible.
+        With a finite support, a very likely map can appear in both."""
+        _check_split_name(name)
+        n = self.split_sizes[name] if n is None else _check_count(n)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got seed = {seed!r}")
+        generator = torch.Generator().manual_seed(2 * int(seed) + SPLIT_NAMES.index(name))
+        return self.sample(n, generator)
+
+    def log_prob(self, maps: torch.Tensor) -> torch.Tensor:
+        """Exact log-probability in nats of each map: float64 ``[n]``.
+
+        ``-inf`` for a map the generator cannot produce, class ids out of range included.
+        ``maps``: an integer tensor (any integer dtype) of shape ``[n, H, W]``; another shape or a
+        floating-point or bool dtype raises ``ValueError``.
+        """
+        maps = _check_maps(maps, self.height, self.width)
+        choices = self.decode(maps)
+        in_support = (self.render(choices) == maps).flatten(1).all(1)
+        log_p = torch.zeros(len(maps), dtype=torch.float64)
+        for i, log_probs in enumerate(self._log_probs):
+            log_p += log_probs[choices[:, i]]
+        return log_p.masked_fill(~in_support, -math.inf)
+
+    # -- drawing and reading back ---------------------------------------------------------------------
+
+    def render(self, choices: torch.Tensor) -> torch.Tensor:
+        """Maps ``LongTensor[n, H, W]`` drawn from explicit choices ``LongTensor[n, len(variables)]``
+        (value indices, as from :meth:`sample_choices`): background, then every stamp in turn."""
+        if not isinstance(choices, torch.Tensor) or choices.dtype != torch.long:
+            raise ValueError(f"choices must be a LongTensor, got {getattr(choices, 'dtype', type(choices))}")
+        sizes = torch.tensor([len(v.values) for v in self.variables])
+        if choices.ndim != 2 or choices.shape[1] != len(sizes):
+            raise ValueError(f"choices must have shape [n, {len(sizes)}], got {tuple(choices.shape)}")
+        if ((choices < 0) | (choices >= sizes)).any():
+            raise ValueError("choices hold a value index outside 0 .. len(variable.values) - 1")
+        return torch.cat([self._render(c) for c in choices.split(4096)]) if len(choices) else \
+            torch.zeros(0, self.height, self.width, dtype=torch.long)
+
+    def _render(self, choices: torch.Tensor) -> torch.Tensor:
+        n = len(choices)
+        horizon = torch.tensor(self._layout.horizons)[choices[:, 0]]
+        depth = torch.tensor(self._layout.depths)[choices[:, 1]]
+        rows = torch.arange(self.height)[None, :, None]
+        maps = torch.where(rows < horizon[:, None, None], SKY,
+                           torch.where(rows < (horizon + depth)[:, None, None], SIDEWALK, ROAD))
+        maps = maps.expand(n, self.height, self.width).contiguous()
+        for i, stamp in enumerate(self._stamps):
+            index = self._patch_index(stamp, horizon, depth)
+            patch = stamp.bank[choices[:, 2 + i]]
+            maps[index] = torch.where(patch >= 0, patch, maps[index])
+        return maps
+
+    def _patch_index(self, stamp: _Stamp, horizon: torch.Tensor, depth: torch.Tensor):
+        """Advanced index of every map's patch: ``maps[index]`` is ``[n, patch_rows, patch_cols]``."""
+        rows, cols = stamp.bank.shape[1:]
+        top_h, top_s, top_c = stamp.top
+        top = top_h * horizon + top_s * depth + top_c
+        return (torch.arange(len(horizon))[:, None, None], (top[:, None] + torch.arange(rows))[:, :, None],
+                (stamp.left + torch.arange(cols))[None, None, :])
+
+    def decode(self, maps: torch.Tensor) -> torch.Tensor:
+        """Choices ``LongTensor[n, len(variables)]`` read back from maps: ``decode(render(c)) == c``
+        for all choices ``c``. For a map outside the support it returns some valid choices (whose
+        rendering differs from the map); :meth:`log_prob` relies on both facts."""
+        maps = _check_maps(maps, self.height, self.width)
+        L = self._layout
+        # The sidewalk's first and last rows: nothing draws sidewalk elsewhere and no shape hides
+        # a whole row of it.
+        on_sidewalk = (maps == SIDEWALK).any(2).long()
+        first = on_sidewalk.argmax(1)
+        last = self.height - 1 - on_sidewalk.flip(1).argmax(1)
+        h_index = (first - L.horizons[0]).clamp(0, len(L.horizons) - 1)
+        d_index = (last - first + 1 - L.depths[0]).clamp(0, len(L.depths) - 1)
+        horizon, depth = torch.tensor(L.horizons)[h_index], torch.tensor(L.depths)[d_index]
+        columns = [h_index, d_index]
+        for stamp in self._stamps:
+            seen = _codes(maps[self._patch_index(stamp, horizon, depth)], stamp.classes, self.num_classes)
+            # Group identical rows among the values' and the maps' probe pixels: a map in the support
+            # shares its group with exactly one value. A map alone in its group gets value 0.
+            _, group = torch.unique(torch.cat([stamp.seen, seen[:, stamp.probe]]), dim=0, return_inverse=True)
+            value_of_group = torch.zeros(int(group.max()) + 1, dtype=torch.long)
+            value_of_group[group[:len(stamp.seen)]] = torch.arange(len(stamp.seen))
+            columns.append(value_of_group[group[len(stamp.seen):]])
+        return torch.stack(columns, 1)
+
+    def __repr__(self) -> str:
+        return (f"ToySegmentation(height={self.height}, width={self.width}): {len(self.variables)} variables, "
+                f"{self.entropy_bits_per_pixel:.4f} bits per pixel")
+
+
+# ---------------------------------------------------------------------------------------------
+# Digits.
+# ---------------------------------------------------------------------------------------------
+
+DIGIT_LEVELS = 17   # grey levels 0 (paper) .. 16 (full ink) of scikit-learn's digits
+
+
+def bin_levels(maps: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Merge the 17 grey levels of the digits into ``num_classes`` classes of equal width.
+
+    Level ``l`` goes to class ``l * num_classes // 17``: classes keep the order of the levels, hold
+    ``floor(17 / K)`` or ``ceil(17 / K)`` levels each, and level 0 (blank paper) stays class 0,
+    level 16 (full ink) class ``K - 1``. ``num_classes = 17`` is the identity.
+
+    Args:
+        maps: integer tensor of levels in 0..16, any shape.
+        num_classes: 2..17.
+    Returns: LongTensor of the same shape.
+    """
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
+            or not 2 <= num_classes <= DIGIT_LEVELS:
+        raise ValueError(f"num_classes must be an integer in 2..{DIGIT_LEVELS}, got num_classes = {num_classes!r}")
+    if not isinstance(maps, torch.Tensor) or maps.dtype == torch.bool or maps.is_floating_point() \
+            or maps.is_complex():
+        raise ValueError(f"maps must be an integer tensor of grey levels, got {getattr(maps, 'dtype', type(maps))}")
+    if maps.numel() and (maps.min() < 0 or maps.max() >= DIGIT_LEVELS):
+        raise ValueError(f"grey levels must lie in 0..{DIGIT_LEVELS - 1}, "
+                         f"found {maps.min().item()}..{maps.max().item()}")
+    return maps.long() * int(num_classes) // DIGIT_LEVELS
+
+
+class Digits:
+    """scikit-learn's 1 797 handwritten digits as 8 x 8 categorical maps; no download.
+
+    Each of the 17 grey levels is a class (``num_classes = 17``), or :func:`bin_levels` merges them
+    into fewer. The split is fixed: the last 297 images are the test set, the first 1 500 the
+    training set. The true distribution is unknown, so there is no ``log_prob``.
+
+    Args:
+        num_classes: 2..17.
+
+    Used in notebook 04 (noise on digits) and notebook 06.
+    """
+
+    height = width = 8
+    num_test = 297
+
+    def __init__(self, num_classes: int = DIGIT_LEVELS):
+        digits = load_digits()
+        self._maps = bin_levels(torch.from_numpy(digits.images.astype(np.int64)), num_classes)
+        self._labels = torch.from_numpy(digits.target.astype(np.int64))
+        self.num_classes = K = int(num_classes)
+        names = []
+        for c in range(K):
+            lo, hi = -(-DIGIT_LEVELS * c // K), -(-DIGIT_LEVELS * (c + 1) // K) - 1   # levels of class c
+            names.append(f"level {lo}" if lo == hi else f"levels {lo}-{hi}")
+        self.class_names = tuple(names)
+        # Paper white to ink black: the order of the classes is the order of the grey levels.
+        self.colors = tuple("#{0:02x}{0:02x}{0:02x}".format(round(255 * (1 - c / (K - 1)))) for c in range(K))
+
+    def split(self, name: str) -> torch.Tensor:
+        """``LongTensor[n, 8, 8]``: 1 500 training maps or 297 test maps."""
+        return self._maps[self._rows(name)].clone()
+
+    def labels(self, name: str) -> torch.Tensor:
+        """Which digit (0-9) each map of the split shows, in the order of :meth:`split`."""
+        return self._labels[self._rows(name)].clone()
+
+    def _rows(self, name: str) -> slice:
+        _check_split_name(name)
+        cut = len(self._maps) - self.num_test
+        return slice(0, cut) if name == "train" else slice(cut, None)
+
+    def __repr__(self) -> str:
+        return f"Digits(num_classes={self.num_classes})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Permuted labels.
+# ---------------------------------------------------------------------------------------------
+
+
+class PermutedLabels:
+    """A dataset whose class ids are shuffled by a fixed random permutation.
+
+    Class ``k`` of ``base`` becomes class ``permutation[k]``; ``inverse`` undoes it. Names and
+    colours move with the ids, so a permuted map is drawn exactly as the original. The
+    distribution is the same up to relabelling: same entropy, and ``log_prob(permute(x)) ==
+    base.log_prob(x)``. Multinomial diffusion is blind to the permutation; a model that reads
+    class ids as ordered values is not (notebook 06 measures it).
+
+    Args:
+        base: a dataset of this module.
+        seed: seeds the permutation; a permutation that happens to be the identity is redrawn.
+    """
+
+    def __init__(self, base, seed: int = 0):
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got seed = {seed!r}")
+        self.base = base
+        K = base.num_classes
+        generator = torch.Generator().manual_seed(seed)
+        permutation = torch.randperm(K, generator=generator)
+        while K > 1 and torch.equal(permutation, torch.arange(K)):
+            permutation = torch.randperm(K, generator=generator)
+        self.permutation = permutation
+        self.inverse = torch.argsort(permutation)
+        self.class_names = tuple(base.class_names[k] for k in self.inverse.tolist())
+        self.colors = tuple(base.colors[k] for k in self.inverse.tolist())
+
+    num_classes = property(lambda self: self.base.num_classes)
+    height = property(lambda self: self.base.height)
+    width = property(lambda self: self.base.width)
+
+    def permute(self, maps: torch.Tensor) -> torch.Tensor:
+        """Base class ids -> permuted ids (ids must be in range)."""
+        return self.permutation[maps]
+
+    def unpermute(self, maps: torch.Tensor) -> torch.Tensor:
+        """Permuted ids -> base ids; an id out of range stays out of range (it becomes -1)."""
+        K = self.num_classes
+        inside = (maps >= 0) & (maps < K)
+        return torch.where(inside, self.inverse[maps.clamp(0, K - 1)], -1)
+
+    def split(self, name: str, *args, **kwargs) -> torch.Tensor:
+        """The base's split, relabelled; arguments as for the base's ``split``."""
+        return self.permute(self.base.split(name, *args, **kwargs))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The base's samples, relabelled (the base must have ``sample``)."""
+        return self.permute(self.base.sample(n, generator))
+
+    def log_prob(self, maps: torch.Tensor) -> torch.Tensor:
+        """The base's exact log-probability of the relabelled-back maps (the base must have it)."""
+        maps = _check_maps(maps, self.height, self.width)
+        return self.base.log_prob(self.unpermute(maps))
+
+    @property
+    def entropy_bits_per_pixel(self) -> float:
+        """Unchanged by relabelling."""
+        return self.base.entropy_bits_per_pixel
+
+    def __repr__(self) -> str:
+        return f"PermutedLabels({self.base!r}, permutation={self.permutation.tolist()})"
