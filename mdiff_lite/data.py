@@ -33,7 +33,7 @@ from sklearn.datasets import load_digits
 
 __all__ = [
     "ToySegmentation", "Variable", "TOY_CLASS_NAMES", "TOY_COLORS",
-    "Digits", "bin_levels", "PermutedLabels",
+    "Digits", "bin_levels", "PermutedLabels", "DATASET_NAMES", "dataset_by_name",
 ]
 
 SKY, BUILDING, WINDOW, ROAD, SIDEWALK, VEGETATION, CAR, PERSON = range(8)
@@ -671,3 +671,22 @@ class PermutedLabels:
 
     def __repr__(self) -> str:
         return f"PermutedLabels({self.base!r}, permutation={self.permutation.tolist()})"
+
+
+# ---------------------------------------------------------------------------------------------
+# By name, for the command line and for checkpoints' metadata.
+# ---------------------------------------------------------------------------------------------
+
+DATASET_NAMES = ("toyseg", "digits")
+
+
+def dataset_by_name(name: str, permute_seed: int | None = None):
+    """``"toyseg"``: ``ToySegmentation(32, 32)``; ``"digits"``: ``Digits()`` (17 classes).
+    With ``permute_seed``, wrapped in :class:`PermutedLabels`."""
+    if name == "toyseg":
+        ds = ToySegmentation(32, 32)
+    elif name == "digits":
+        ds = Digits()
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return ds if permute_seed is None else PermutedLabels(ds, permute_seed)

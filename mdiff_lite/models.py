@@ -6,8 +6,10 @@ The network follows the denoiser protocol of :mod:`mdiff_lite.diffusion`:
 Three choices make it small and fast enough for a laptop CPU:
 
 - **Folded pixels.** Each ``fold x fold`` block of pixels is folded into channels
-  (``pixel_unshuffle``), so a 32 x 32 map is processed at 16 x 16, 8 x 8 and 4 x 4. Convolutions
-  at full resolution cost four times as much for little gain on maps made of large regions.
+  (``pixel_unshuffle``); with the default ``fold = 4`` a 32 x 32 map is processed at 8 x 8, 4 x 4
+  and 2 x 2. Most of the bound is spent at large t, where the network must guess the scene's
+  layout from a few surviving pixels: coarse features do that, and at a quarter of the cost of
+  ``fold = 2`` per step (0.1 s against 0.28 s for a batch of 64 on two CPU cores).
 - **Bayes as a starting point.** The logits are ``log q(x_t | x_0 = k) + correction``: the first
   term is what the observed ``x_t`` alone says about each candidate class ``k`` (eq. 12 read as a
   likelihood of ``x_0``), the network only learns the correction (the prior over maps). At small
@@ -16,8 +18,8 @@ Three choices make it small and fast enough for a laptop CPU:
   calibration run it did not, which cost a third of the whole bound. The last layer starts at
   zero, so an untrained network is exactly this Bayesian posterior under a uniform prior over
   classes.
-- **Attention** only at the lowest resolution (4 x 4 for 32 x 32 maps), where it is cheap and
-  links the far sides of the map.
+- **Attention** only at the lowest resolution, where it is cheap and links the far sides of
+  the map.
 
 Taught in notebook 05; the configuration is a small dataclass saved in every checkpoint.
 """
@@ -48,10 +50,10 @@ class DenoiserConfig:
     height: int
     width: int
     schedule: dict = field(default_factory=lambda: {"name": "hoogeboom-cosine", "T": 1000})
-    channels: tuple = (48, 80, 96)
+    channels: tuple = (56, 80, 96)
     blocks_per_level: int = 1
-    fold: int = 2
-    embed_dim: int = 32
+    fold: int = 4
+    embed_dim: int = 32  # width of the sinusoidal time embedding
     attention: bool = True
     groups: int = 8
     bayes_logits: bool = True
@@ -146,10 +148,11 @@ class Denoiser(nn.Module):
 
         f2 = config.fold ** 2
         t_dim = 4 * config.embed_dim
-        self.embed = nn.Embedding(K, config.embed_dim)
         self.time_mlp = nn.Sequential(nn.Linear(config.embed_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         chans = list(config.channels)
-        self.stem = nn.Conv2d(config.embed_dim * f2, chans[0], 3, padding=1)
+        # The stem reads one-hot classes, folded: a 3x3 convolution over them subsumes a class
+        # embedding (an embedding is a 1x1 convolution of the one-hot map) and costs less.
+        self.stem = nn.Conv2d(K * f2, chans[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skips = [chans[0]]
@@ -186,7 +189,7 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        h = self.embed(x_t).permute(0, 3, 1, 2)
+        h = F.one_hot(x_t, self.num_classes).permute(0, 3, 1, 2).float()
         if cfg.fold > 1:
             h = F.pixel_unshuffle(h, cfg.fold)
         t_emb = self.time_mlp(sinusoidal_embedding(t * (1000.0 / self.T), cfg.embed_dim))

@@ -37,7 +37,7 @@ from .models import Denoiser, DenoiserConfig, count_parameters
 from .schedules import Schedule, make_schedule
 
 __all__ = ["pick_device", "TrainConfig", "fit", "init_distributed", "save_checkpoint", "load_checkpoint",
-           "load_denoiser"]
+           "load_denoiser", "update_meta", "pretrained_path", "load_pretrained"]
 
 
 def pick_device(device: str | torch.device | None = None, verbose: bool = True) -> torch.device:
@@ -113,6 +113,9 @@ def _atomic_save(obj, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is an ordinary file
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
     except BaseException:
         if os.path.exists(tmp):
@@ -154,6 +157,15 @@ def load_checkpoint(path, map_location="cpu") -> tuple[dict, dict, dict | None]:
     return obj["model"], json.loads(obj["meta_json"]), obj.get("training")
 
 
+def update_meta(path, **fields) -> dict:
+    """Add or change metadata fields of a checkpoint file, atomically; returns the new metadata."""
+    obj = _load(path)
+    meta = dict(json.loads(obj["meta_json"]), **fields)
+    obj["meta_json"] = json.dumps(meta)
+    _atomic_save(obj, path)
+    return meta
+
+
 def _load_weights_into(model: Denoiser, weights: dict, meta: dict, source) -> None:
     saved = meta.get("model_config", {})
     mine = model.config.to_dict()
@@ -174,6 +186,22 @@ def load_denoiser(path, device=None) -> tuple[Denoiser, dict]:
     _load_weights_into(model, weights, meta, path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     return model.to(device).eval(), meta
+
+
+PRETRAINED = ("toyseg", "digits")
+
+
+def pretrained_path(name: str) -> Path:
+    """Where the shipped checkpoint for dataset ``name`` lies inside the package."""
+    if name not in PRETRAINED:
+        raise ValueError(f"no shipped checkpoint {name!r}; there are: {', '.join(PRETRAINED)}")
+    return Path(__file__).resolve().parent / "pretrained" / f"{name}.pt"
+
+
+def load_pretrained(name: str, device=None) -> tuple[Denoiser, dict]:
+    """The shipped denoiser for ``"toyseg"`` or ``"digits"`` and its metadata (the commands
+    that trained, exported and evaluated it, and its exact test bits per pixel)."""
+    return load_denoiser(pretrained_path(name), device)
 
 
 # ---------------------------------------------------------------------------------------------

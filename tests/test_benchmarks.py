@@ -1,0 +1,37 @@
+"""The benchmark scripts run, print a table and write their JSON (on tiny settings here;
+the speed and quality figures themselves live in benchmarks/results/, not in tests)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, args", [
+    ("loss_speed", ["--T", "20", "--repeats", "3", "--vlb-terms-T", "4", "--batch", "4", "--size", "8"]),
+    ("train_speed", ["--steps", "1", "--data", "digits", "--eval-batch", "8", "--device", "cpu"]),
+    ("quality", ["--budgets", "0.01", "--digits-budget", "0", "--eval-maps", "3", "--T", "10", "--device", "cpu"]),
+])
+def test_benchmark_writes_json(tmp_path, capsys, name, args):
+    out = tmp_path / f"{name}.json"
+    load(name).main(args + ["--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == name and result["rows"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_data_stats_writes_json_and_pictures(tmp_path):
+    load("data_stats").main(["--json", str(tmp_path / "d.json"), "--png-dir", str(tmp_path), "--n-sample", "200",
+                             "--n-score", "50", "--repeats", "1"])
+    assert json.loads((tmp_path / "d.json").read_text())["toy"]
+    assert (tmp_path / "toyseg_samples.png").stat().st_size > 1000
