@@ -12,10 +12,8 @@ test digits.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,8 +25,8 @@ matplotlib.use("Agg")   # a script: never open a window
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdiff_lite  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from _common import environment, write_json  # noqa: E402
 from mdiff_lite.data import Digits, ToySegmentation  # noqa: E402
 from mdiff_lite.plots import plot_grid  # noqa: E402
 
@@ -82,9 +80,7 @@ def main(argv=None) -> dict:
     digits_row = {"dataset": "Digits", "height": 8, "width": 8, "num_classes": digits.num_classes,
                   "train": len(digits.split("train")), "test": len(digits.split("test"))}
     result = {
-        "benchmark": "data_stats", "device": "cpu", "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-        "mdiff_lite": mdiff_lite.__version__, "toy": toys, "digits": digits_row,
+        "benchmark": "data_stats", **environment("cpu"), "toy": toys, "digits": digits_row,
     }
 
     sample_key, score_key = f"seconds_to_sample_{args.n_sample}", f"seconds_for_log_prob_of_{args.n_score}"
@@ -116,9 +112,7 @@ def main(argv=None) -> dict:
         fig.savefig(out / "digits_samples.png", dpi=100)
         print(f"wrote {out / 'digits_samples.png'}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return result
 
 

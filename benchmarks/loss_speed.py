@@ -10,9 +10,6 @@ eqs. 3 and 11-17 alone: sampling x_t, the log-space posteriors, the KLs, the tim
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -20,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdiff_lite  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from _common import environment, write_json  # noqa: E402
 from mdiff_lite import ImportanceTimeSampler, UniformTimeSampler, make_schedule, training_loss, vlb_terms  # noqa: E402
 
 
@@ -97,9 +94,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "loss_speed",
         "input": {"batch": B, "height": H, "width": H, "K": K},
-        "device": "cpu", "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "python": platform.python_version(), "mdiff_lite": mdiff_lite.__version__,
-        "rows": rows,
+        **environment("cpu"), "rows": rows,
     }
     print(f"Diffusion math alone (free denoiser), batch {B} of {H}x{H}, K = {K}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -107,9 +102,7 @@ def main(argv=None) -> dict:
     for r in rows:
         print(f"{r['what']:<48} {r['ms_per_call']:>12.2f} {r['spread_ms']:>7.2f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return result
 
 

@@ -11,16 +11,14 @@ digits it compares with the uniform model's log2(17) = 4.09 bits per pixel.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdiff_lite  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from _common import environment, write_json  # noqa: E402
 from mdiff_lite import make_schedule  # noqa: E402
 from mdiff_lite.cli import MODEL_DEFAULTS  # noqa: E402
 from mdiff_lite.data import dataset_by_name  # noqa: E402
@@ -66,11 +64,8 @@ def main(argv=None) -> dict:
     rows = [run("toyseg", float(b), device, args.T, args.eval_maps, args.seed) for b in args.budgets.split(",") if b]
     if args.digits_budget:
         rows.append(run("digits", args.digits_budget, device, args.T, args.eval_maps, args.seed))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    result = {"benchmark": "quality", "device": str(device), "device_name": device_name,
-              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "mdiff_lite": mdiff_lite.__version__, "rows": rows}
-    print(f"\nTest bits per pixel against training budget, {device} ({device_name}), "
+    result = {"benchmark": "quality", **environment(device), "rows": rows}
+    print(f"\nTest bits per pixel against training budget, {device} ({result['device_name']}), "
           f"{torch.get_num_threads()} threads; bound: all T = {args.T} terms, +- one standard error over maps")
     print(f"{'dataset':<8} {'budget':>7} {'steps':>6} {'test bpd':>17} {'test maps':>9} {'entropy':>8} {'ratio':>6}")
     for r in rows:
@@ -78,10 +73,7 @@ def main(argv=None) -> dict:
         ratio = f"{r['ratio_to_entropy']:.2f}x" if r["ratio_to_entropy"] else "-"
         print(f"{r['dataset']:<8} {r['budget_minutes']:>5.1f} m {r['steps']:>6} "
               f"{r['test_bpd']:>8.4f} +- {r['stderr']:.4f} {r['n_images']:>9} {entropy:>8} {ratio:>6}")
-    path = Path(args.json or Path(__file__).parent / "results" / f"quality_{device.type}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json(args.json or Path(__file__).parent / "results" / f"quality_{device.type}.json", result)
     return result
 
 

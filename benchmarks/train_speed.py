@@ -12,16 +12,14 @@ exact evaluation of 1000 test maps at T = 1000 follows (10^6 map-terms).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdiff_lite  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from _common import environment, write_json  # noqa: E402
 from mdiff_lite import ImportanceTimeSampler, make_schedule, training_loss, vlb_terms  # noqa: E402
 from mdiff_lite.cli import MODEL_DEFAULTS  # noqa: E402
 from mdiff_lite.data import dataset_by_name  # noqa: E402
@@ -102,21 +100,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     rows = [measure(name, device, args.steps, args.eval_batch) for name in args.data.split(",")]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    result = {"benchmark": "train_speed", "device": str(device), "device_name": device_name,
-              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "mdiff_lite": mdiff_lite.__version__, "rows": rows}
-    print(f"Training and evaluation speed on {device} ({device_name}), {torch.get_num_threads()} threads")
+    result = {"benchmark": "train_speed", **environment(device), "rows": rows}
+    print(f"Training and evaluation speed on {device} ({result['device_name']}), {torch.get_num_threads()} threads")
     print(f"{'dataset':<8} {'params':>9} {'steps/s':>8} {'ms/step':>8} {'math %':>7} {'map-terms/s':>12} "
           f"{'1000 maps x T=1000':>19}")
     for r in rows:
         print(f"{r['dataset']:<8} {r['parameters']:>9,} {r['train_steps_per_s']:>8.2f} {r['ms_per_step']:>8.1f} "
               f"{100 * r['diffusion_math_share']:>6.1f}% {r['eval_map_terms_per_s']:>12,.0f} "
               f"{r['seconds_exact_eval_1000_maps_T1000']:>17.0f} s")
-    path = Path(args.json or Path(__file__).parent / "results" / f"train_speed_{device.type}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json(args.json or Path(__file__).parent / "results" / f"train_speed_{device.type}.json", result)
     return result
 
 

@@ -24,7 +24,7 @@ from .data import DATASET_NAMES, dataset_by_name
 from .evaluate import bound_breakdown, estimate_bound, evaluate_bound
 from .models import Denoiser, DenoiserConfig
 from .schedules import SCHEDULE_NAMES, make_schedule
-from .train import TrainConfig, fit, load_checkpoint, load_denoiser, pick_device, save_checkpoint, update_meta
+from .train import TrainConfig, fit, load_denoiser, pick_device, save_checkpoint, update_meta
 
 # The model for each dataset when no --channels/--fold is given.
 MODEL_DEFAULTS = {

@@ -389,17 +389,17 @@ def log_q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule,
     What training uses (through a class-second twin); no checks, and the tests hold it
     against :func:`q_posterior`.
     """
-    t = torch.as_tensor(t, device=x_t.device).broadcast_to(x_t.shape)
+    # The class-second twin wants a batch axis first: flatten whatever leading shape there is.
+    lead = x_t.shape
+    t = torch.as_tensor(t, device=x_t.device).broadcast_to(lead).reshape(-1, 1)
+    x_t = x_t.reshape(-1, 1)
     if x0.is_floating_point():
         K, dtype = x0.shape[-1], x0.dtype
-        x0 = x0.movedim(-1, 1) if x0.ndim > 1 else x0.unsqueeze(0)
+        x0 = x0.broadcast_to(lead + (K,)).reshape(-1, K, 1)
     else:
         K = num_classes
-    if x_t.ndim == 0:  # a single variable: give it a batch axis of 1
-        out = _log_posterior(x_t.view(1), x0.view(1, K) if x0.is_floating_point() else x0.view(1),
-                             t.view(1), schedule, K, dtype)
-        return out[0]
-    return _log_posterior(x_t, x0, t, schedule, K, dtype).movedim(1, -1)
+        x0 = x0.broadcast_to(lead).reshape(-1, 1)
+    return _log_posterior(x_t, x0, t, schedule, K, dtype).reshape(lead + (K,))
 
 
 def _kl_from_logs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

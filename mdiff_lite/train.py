@@ -24,7 +24,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -295,14 +295,14 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     g_cpu = torch.Generator().manual_seed(config.seed * 1000 + rank + 7919 * step + 1)
     N, D = train_maps.shape[0], cfg_h * cfg_w
     use_amp = config.amp and device.type == "cuda"
-    sampler_update = sampler.update
-    if is_dist:  # every rank must feed the same losses to the sampler, or their p(t) drift apart
-        def sampler_update(t, losses):  # noqa: F811
+    def sampler_update(t, losses):
+        if is_dist:  # every rank must feed the same losses to the sampler, or their p(t) drift apart
             t_all = [torch.empty_like(t) for _ in range(world)]
             l_all = [torch.empty_like(losses) for _ in range(world)]
             dist.all_gather(t_all, t)
             dist.all_gather(l_all, losses)
-            sampler.update(torch.cat(t_all).cpu(), torch.cat(l_all).cpu())
+            t, losses = torch.cat(t_all), torch.cat(l_all)
+        sampler.update(t.cpu(), losses.cpu())
 
     class _Sampler:  # the sampler as training_loss sees it, with the synchronised update
         T = sampler.T

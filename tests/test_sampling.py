@@ -1,7 +1,6 @@
 """Sampling against the exact distribution of a one-pixel world, and its bookkeeping."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

@@ -127,6 +127,26 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, model, {"not json": object()})
 
 
+def test_an_interrupted_run_keeps_its_finished_steps(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model = Denoiser(tiny_config())
+    calls = {"n": 0}
+    forward = model.forward
+
+    def interrupted(x_t, t):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt  # Ctrl-C during the 8th step
+        return forward(x_t, t)
+
+    model.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, striped_maps(), TrainConfig(steps=50, batch_size=8, checkpoint_every=0), device="cpu",
+            checkpoint_path=path, progress=False)
+    _, meta, state = load_checkpoint(path)
+    assert state["step"] == 7 and meta["final"] is False  # resumable from there
+
+
 def test_loading_something_else_fails_clearly(tmp_path):
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": torch.zeros(1)}, bogus)
