@@ -67,8 +67,16 @@ def cmd_train(args) -> None:
             "entropy_bits_per_pixel": _entropy(ds)}
     history = fit(model, train_maps, train_config, device=args.device, checkpoint_path=args.out,
                   resume=not args.no_resume, meta=meta)
-    print(f"trained {history['step'][-1]} steps in {history['seconds'][-1]:.0f} s "
-          f"({history['steps_per_second']:.2f} steps/s); running bound estimate {history['loss_bpd'][-1]:.4f} bits/pixel")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # rank 0 has written the final checkpoint
+        if torch.distributed.get_rank() != 0:
+            return
+    if history.get("steps_per_second"):
+        print(f"trained {history['step'][-1]} steps in {history['seconds'][-1]:.0f} s "
+              f"({history['steps_per_second']:.2f} steps/s); running bound estimate "
+              f"{history['loss_bpd'][-1]:.4f} bits/pixel")
+    else:
+        return  # nothing was trained: the checkpoint and its results stay as they were
     if args.eval_maps:
         test = ds.split("test")[: args.eval_maps]
         result = estimate_bound(model, make_schedule(**config.schedule), test, k=args.eval_k, progress=True)
@@ -148,8 +156,8 @@ def cmd_export(args) -> None:
     meta = {k: v for k, v in meta.items() if k != "model_config"}
     meta["export_command"] = _command(args)
     meta["weights_dtype"] = "float16" if args.float16 else "float32"
-    for key in ("test_bpd", "test_bpd_stderr", "test_bpd_bound", "test_n_images", "eval_command"):
-        meta.pop(key, None)  # measured on other weights: evaluate the exported file anew
+    for key in [k for k in meta if k.startswith(("test_bpd", "test_n_images", "eval_"))]:
+        meta.pop(key)  # measured on other weights: evaluate the exported file anew
     save_checkpoint(args.to, model, meta, weights_dtype=torch.float16 if args.float16 else torch.float32)
     print(f"wrote {args.to} ({Path(args.to).stat().st_size / 1e6:.1f} MB); evaluate it with "
           f"python -m mdiff_lite eval {args.to} --update")

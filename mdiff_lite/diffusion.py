@@ -12,8 +12,8 @@ The functions in the first part (``q_step``, ``q_marginal``, ``q_posterior``, ``
 ``log_categorical``) compute in probability space, exactly as the equations read: they are the
 documentation, and what the notebooks check by hand. Training and evaluation
 (``vlb_terms``, ``training_loss``) use the log-space versions in the second part, which stay
-accurate in float32 when ``beta_t`` is as small as 1e-7 (T = 4000); the tests check that both
-agree. Class indices (``LongTensor`` without a class axis) are the currency of the second part:
+accurate in float32 for the smallest betas of long schedules (5e-6 for the first step of
+``hoogeboom-cosine`` at T = 4000; the tests go down to 1e-7); the tests check that both agree. Class indices (``LongTensor`` without a class axis) are the currency of the second part:
 ``x_0`` and ``x_t`` are always one-hot there, and a one-hot vector in log space is two numbers.
 
 Taught in notebooks 01 (eqs. 11-12), 02 (eqs. 13-14) and 03 (eqs. 3, 15-17).
@@ -32,7 +32,7 @@ from .schedules import Schedule
 
 __all__ = [
     "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
-    "sample_categorical", "one_hot", "bits_per_dim",
+    "sample_categorical", "sample_index", "one_hot", "bits_per_dim",
     "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss",
     "UniformTimeSampler", "ImportanceTimeSampler",
 ]
@@ -122,8 +122,8 @@ def q_step(x_prev: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
     t = _check_t(t, 1, schedule.T, x_prev.device)
     _broadcast_t(t, x_prev, "x_prev")
     K = x_prev.shape[-1]
-    # (1 - alpha_t) is read from the float64 betas, not recomputed in float32, where it would
-    # round to 0 or 1.2e-7 for the first steps of a long schedule.
+    # (1 - alpha_t) is read from the float64 betas, not recomputed in float32, where 1 - alpha_t
+    # keeps only a digit or two when beta_t is 1e-6 or less.
     return _coef(schedule, "alphas", t, x_prev.dtype) * x_prev + _coef(schedule, "betas", t, x_prev.dtype) / K
 
 
@@ -219,10 +219,14 @@ def q_posterior_skip(x_t: torch.Tensor, x0: torch.Tensor, t, s, schedule: Schedu
         raise ValueError("s must be smaller than t")
     K = x_t.shape[-1]
     dtype = torch.promote_types(x_t.dtype, x0.dtype)
-    abar = schedule.buffer("alpha_bars", x_t.device, torch.float64)
-    ratio = torch.where(abar[s] > 0, abar[t] / abar[s].clamp(min=1e-300), torch.zeros_like(abar[s]))
-    ratio = ratio.to(dtype).unsqueeze(-1)
-    likelihood = ratio * x_t + (1 - ratio) / K
+    # abar_t / abar_s and 1 - abar_t / abar_s from the float64 logs, on the CPU (MPS has no
+    # float64), then cast: 1 - ratio in float32 would lose most digits when the ratio is near 1.
+    log_abar = schedule.log_alpha_bars
+    log_ratio = log_abar[t.cpu()] - log_abar[s.cpu()]
+    log_ratio = torch.where(torch.isfinite(log_abar[s.cpu()]), log_ratio, torch.full_like(log_ratio, -math.inf))
+    keep = log_ratio.exp().to(x_t.device, dtype).unsqueeze(-1)
+    resampled = (-torch.expm1(log_ratio)).to(x_t.device, dtype).unsqueeze(-1)
+    likelihood = keep * x_t + resampled / K
     prior = _coef(schedule, "alpha_bars", s, dtype) * x0 + _coef(schedule, "one_minus_alpha_bars", s, dtype) / K
     theta = likelihood * prior
     return theta / theta.sum(-1, keepdim=True)
@@ -258,11 +262,15 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     probability exceeds it. ``generator`` (on the device of ``probs``) makes it reproducible.
     """
     _check_probs(probs, "probs")
-    K = probs.shape[-1]
+    return F.one_hot(sample_index(probs, generator), probs.shape[-1]).to(probs.dtype)
+
+
+def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Like :func:`sample_categorical`, but the class indices (LongTensor, the leading shape);
+    no checks, for samplers' inner loops."""
     u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
     cdf = probs.cumsum(-1)
-    index = (cdf <= u * cdf[..., -1:]).sum(-1).clamp(max=K - 1)
-    return F.one_hot(index, K).to(probs.dtype)
+    return (cdf <= u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def one_hot(x: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
@@ -317,7 +325,8 @@ def q_sample(x0: torch.Tensor, t, schedule: Schedule, num_classes: int,
     x0 = _check_indices(x0, K, "x0")
     t = _check_t(t, 0, schedule.T, x0.device)
     shape = torch.broadcast_shapes(t.shape, x0.shape)
-    resample = _uniform(shape, x0.device, generator) < schedule.buffer("one_minus_alpha_bars", x0.device, None)[t]
+    u = _uniform(shape, x0.device, generator)
+    resample = u < schedule.buffer("one_minus_alpha_bars", x0.device, u.dtype)[t]
     noise = torch.randint(0, K, shape, generator=generator, device=x0.device)
     return torch.where(resample, noise, x0)
 
@@ -386,9 +395,17 @@ def log_q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule,
     is used). ``t``: times in 1 .. T broadcasting against ``x_t.shape``. For ``t >= 2`` every
     entry is finite: both factors of theta~ are positive.
 
-    What training uses (through a class-second twin); no checks, and the tests hold it
-    against :func:`q_posterior`.
+    What training uses (through an unchecked class-second twin); the tests hold it against
+    :func:`q_posterior`.
     """
+    _check_schedule(schedule)
+    if x0.is_floating_point():
+        num_classes = x0.shape[-1]
+    K = _check_num_classes(num_classes)
+    x_t = _check_indices(x_t, K, "x_t")
+    if not x0.is_floating_point():
+        x0 = _check_indices(x0, K, "x0")
+    t = _check_t(t, 1, schedule.T, x_t.device)
     # The class-second twin wants a batch axis first: flatten whatever leading shape there is.
     lead = x_t.shape
     t = torch.as_tensor(t, device=x_t.device).broadcast_to(lead).reshape(-1, 1)
@@ -491,8 +508,9 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
         x0: LongTensor of class indices ``[B, *dims]``.
         num_classes: K; if omitted, ``denoiser.num_classes``.
         generator: for the draws of ``x_t``, on the device of ``x0``.
-        max_batch: at most this many maps per denoiser call; several t share a call when it
-            exceeds B (default: one t per call, batch B).
+        max_batch: several t share one denoiser call when ``max_batch`` is at least 2 B, as
+            many as fit in ``max_batch`` maps (default: one t per call, B maps a call; a call
+            never holds fewer than the B maps of one t).
     Returns:
         float tensor ``[B, T + 1]`` (float64 for a float64 denoiser, else float32).
         Gradients flow if enabled; evaluation should run under ``torch.no_grad()``.
@@ -624,11 +642,15 @@ class ImportanceTimeSampler(UniformTimeSampler):
         if not self.warmed_up:
             return super().probs()
         w = np.sqrt(self._sq[1:].mean(1))
+        if not w.sum() > 0:  # every loss seen was 0: nothing to prefer
+            return super().probs()
         p = (1 - self.uniform_mix) * w / w.sum() + self.uniform_mix / self.T
         return torch.from_numpy(np.concatenate([[0.0], p]))
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         for ti, loss in zip(t.tolist(), losses.tolist()):
+            if not math.isfinite(loss):  # the trainer stops on it; keep p(t) usable meanwhile
+                continue
             self._sq[ti, self._count[ti] % self.history] = loss * loss
             self._count[ti] += 1
 

@@ -16,6 +16,7 @@ Taught in notebooks 05 and 06; ``python -m mdiff_lite eval`` prints these.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import UniformTimeSampler, bits_per_dim, training_loss, vlb_terms
+from .models import check_schedule_matches
 from .schedules import Schedule
 
 __all__ = ["evaluate_bound", "estimate_bound", "bound_breakdown"]
@@ -33,11 +35,25 @@ BOUND_MC = ("Monte-Carlo estimate of the variational bound (eq. 3) from {k} unif
             "+- one standard error")
 
 
-def _prepare(model, maps):
+def _prepare(model, schedule, maps):
+    check_schedule_matches(model, schedule)
     if not isinstance(maps, torch.Tensor) or maps.is_floating_point() or maps.ndim < 2:
         raise ValueError("maps must be a LongTensor [N, *dims] of class indices")
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else maps.device
     return maps.long(), device
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Evaluate in eval mode (no dropout), and leave the model as it was found."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 @torch.no_grad()
@@ -53,25 +69,19 @@ def evaluate_bound(model, schedule: Schedule, maps: torch.Tensor, *, batch_size:
         "maps_per_second"}``; ``per_t_bpd[j]`` is column j of :func:`vlb_terms` averaged over
         maps, in bits per pixel (column 0: decoder, t - 1: the KL at t, T: the prior).
     """
-    maps, device = _prepare(model, maps)
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    maps, device = _prepare(model, schedule, maps)
     N, D = maps.shape[0], math.prod(maps.shape[1:])
     generator = torch.Generator(device=device).manual_seed(seed)
     totals, column_sums = [], torch.zeros(schedule.T + 1, dtype=torch.float64)
     start = time.perf_counter()
-    bar = tqdm(total=N, desc="exact bound", unit="map", disable=not progress)
-    for i in range(0, N, batch_size):
-        x0 = maps[i:i + batch_size].to(device)
-        terms = vlb_terms(model, x0, schedule, num_classes=model.num_classes, generator=generator,
-                          max_batch=max_batch).double().cpu()
-        totals.append(terms.sum(1))
-        column_sums += terms.sum(0)
-        bar.update(x0.shape[0])
-    bar.close()
-    if was_training:
-        model.train()
+    with _eval_mode(model), tqdm(total=N, desc="exact bound", unit="map", disable=not progress) as bar:
+        for i in range(0, N, batch_size):
+            x0 = maps[i:i + batch_size].to(device)
+            terms = vlb_terms(model, x0, schedule, num_classes=model.num_classes, generator=generator,
+                              max_batch=max_batch).double().cpu()
+            totals.append(terms.sum(1))
+            column_sums += terms.sum(0)
+            bar.update(x0.shape[0])
     seconds = time.perf_counter() - start
     per_map = bits_per_dim(torch.cat(totals), D)
     return {
@@ -97,20 +107,19 @@ def estimate_bound(model, schedule: Schedule, maps: torch.Tensor, *, k: int = 8,
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    maps, device = _prepare(model, maps)
-    if hasattr(model, "eval"):
-        model.eval()
+    maps, device = _prepare(model, schedule, maps)
     N, D = maps.shape[0], math.prod(maps.shape[1:])
     generator = torch.Generator(device=device).manual_seed(seed)
     sampler = UniformTimeSampler(schedule.T)
     per_map = torch.zeros(N, dtype=torch.float64)
     start = time.perf_counter()
-    for _ in tqdm(range(k), desc="bound estimate", disable=not progress):
-        for i in range(0, N, batch_size):
-            x0 = maps[i:i + batch_size].to(device)
-            est = training_loss(model, x0, schedule, sampler, num_classes=model.num_classes,
-                                generator=generator, reduction="none")
-            per_map[i:i + x0.shape[0]] += est.double().cpu() / k
+    with _eval_mode(model):
+        for _ in tqdm(range(k), desc="bound estimate", disable=not progress):
+            for i in range(0, N, batch_size):
+                x0 = maps[i:i + batch_size].to(device)
+                est = training_loss(model, x0, schedule, sampler, num_classes=model.num_classes,
+                                    generator=generator, reduction="none")
+                per_map[i:i + x0.shape[0]] += est.double().cpu() / k
     bpd = bits_per_dim(per_map, D)
     return {
         "bpd": bpd.mean().item(),
@@ -126,7 +135,7 @@ def bound_breakdown(per_t_bpd, edges=None) -> list[dict]:
     ranges of t. ``edges`` are the upper ends of the ranges (default: 10 equal ranges);
     the prior term (last column) is reported on its own."""
     T = len(per_t_bpd) - 1
-    edges = edges or [round(T * (i + 1) / 10) for i in range(10)]
+    edges = edges or sorted({max(1, round(T * (i + 1) / 10)) for i in range(10)})
     total = sum(per_t_bpd)
     rows, lo = [], 1
     for hi in edges:

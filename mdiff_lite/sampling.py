@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .diffusion import q_posterior_skip, q_sample
+from .diffusion import q_posterior_skip, q_sample, sample_index
+from .models import check_schedule_matches
 from .schedules import Schedule
 
 __all__ = ["time_grid", "sample", "inpaint"]
@@ -36,18 +37,14 @@ def time_grid(T: int, steps: int | None = None) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
-def _sample_index(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One class index per leading position from probabilities ``[..., K]`` (inverse CDF)."""
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
-    cdf = probs.cumsum(-1)
-    return (cdf <= u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
 @torch.no_grad()
 def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, mask, return_trajectory, progress):
     K = model.num_classes
     n = x.shape[0]
     grid = time_grid(schedule.T, steps)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()  # no dropout while sampling; restored below
     trajectory = [x.to(torch.uint8 if K <= 256 else torch.int16).cpu()] if return_trajectory else None
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((n,), t, device=x.device, dtype=torch.long)
@@ -58,20 +55,23 @@ def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, ma
             probs = x0_hat
         else:
             probs = q_posterior_skip(F.one_hot(x, K).float(), x0_hat, t, s, schedule)
-        x = _sample_index(probs, generator)
+        x = sample_index(probs, generator)
         if known is not None:
             noisy_known = q_sample(known, s, schedule, K, generator) if s > 0 else known
             x = torch.where(mask, noisy_known, x)
         if return_trajectory:
             trajectory.append(x.to(trajectory[0].dtype).cpu())
+    if was_training:
+        model.train()
     if return_trajectory:
         return x, torch.stack(trajectory), grid
     return x
 
 
-def _check_model(model) -> int:
+def _check_model(model, schedule) -> int:
     if not callable(model) or not hasattr(model, "num_classes"):
         raise TypeError("model must be a denoiser with a num_classes attribute, e.g. mdiff_lite.models.Denoiser")
+    check_schedule_matches(model, schedule)
     return model.num_classes
 
 
@@ -87,7 +87,7 @@ def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, ste
         return_trajectory: also return every intermediate ``x_t`` as ``[len(grid), n, H, W]``
             (uint8, on the CPU) and the times ``grid`` they belong to.
     """
-    K = _check_model(model)
+    K = _check_model(model, schedule)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if shape is None:
@@ -105,13 +105,15 @@ def inpaint(model, schedule: Schedule, known: torch.Tensor, mask: torch.Tensor, 
         known: LongTensor ``[n, H, W]`` (values under ``~mask`` are ignored).
         mask: bool tensor broadcasting to ``known``: True where the pixel is known.
     """
-    K = _check_model(model)
+    K = _check_model(model, schedule)
     if not isinstance(known, torch.Tensor) or known.is_floating_point() or known.ndim != 3:
         raise ValueError("known must be a LongTensor [n, H, W] of class indices")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise ValueError("mask must be a bool tensor (True where the pixel is known)")
     mask = mask.to(known.device).broadcast_to(known.shape)
-    known = known.long().clamp(0, K - 1)
+    if known[mask].numel() and (known[mask].min() < 0 or known[mask].max() >= K):
+        raise ValueError(f"the known pixels must hold class ids in 0..{K - 1}")
+    known = known.long().clamp(0, K - 1)  # the values under ~mask are ignored
     x_T = torch.randint(0, K, known.shape, generator=generator, device=known.device)
     x_T = torch.where(mask, q_sample(known, schedule.T, schedule, K, generator), x_T)
     return _run(model, schedule, x_T, steps, generator, known, mask, return_trajectory, progress)

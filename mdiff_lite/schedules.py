@@ -87,7 +87,7 @@ class Schedule:
 def _linear(T: int, beta_start: float | None = None, beta_end: float | None = None):
     """Betas rising linearly, as in DDPM. The defaults scale DDPM's 1e-4 .. 0.02 at T = 1000
     with 1000 / T, so alpha_bar_T stays near exp(-10) for any T; the end is capped at 1 so
-    that short schedules stay valid (T < 50 then ends by resampling everything)."""
+    that short schedules stay valid (for T <= 20 the last step then resamples everything)."""
     beta_start = min(0.1 / T, 1.0) if beta_start is None else beta_start
     beta_end = min(20.0 / T, 1.0) if beta_end is None else beta_end
     betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)

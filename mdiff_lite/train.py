@@ -80,6 +80,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     t_sampler: str = "importance"
+    importance_history: int = 10  # losses kept per t; also the warm-up visits per t
     seed: int = 0
     amp: bool = True  # bfloat16 autocast, on CUDA only
     checkpoint_every: int = 500  # steps; 0 to save only at the end
@@ -104,6 +105,10 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 def _atomic_save(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +118,7 @@ def _atomic_save(obj, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is an ordinary file
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; a checkpoint is an ordinary file
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
     except BaseException:
         if os.path.exists(tmp):
@@ -273,7 +276,8 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     if is_dist:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampler = (ImportanceTimeSampler if config.t_sampler == "importance" else UniformTimeSampler)(schedule.T)
+    sampler = (ImportanceTimeSampler(schedule.T, history=config.importance_history)
+               if config.t_sampler == "importance" else UniformTimeSampler(schedule.T))
     history = {"step": [], "loss_bpd": [], "lr": [], "seconds": []}
     step, elapsed = 0, 0.0
 
@@ -327,6 +331,15 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                  "step": step, "elapsed": elapsed, "history_json": json.dumps(history)}
         save_checkpoint(checkpoint_path, ema, info, training_state=state)
 
+    if done():  # resumed with nothing left to do: leave the checkpoint (and its results) alone
+        if rank == 0:
+            print(f"mdiff_lite: {checkpoint_path} has already used this budget ({step} steps); nothing to do")
+        model.load_state_dict(ema.state_dict())
+        model.eval()
+        history["steps_per_second"] = None
+        history["sampler_probs"] = sampler.probs().tolist()
+        return history
+
     total = config.steps
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, desc="training",
                unit="step", dynamic_ncols=True)
@@ -353,6 +366,10 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
             step += 1
             elapsed = time.perf_counter() - start
+            if is_dist:  # one clock for all ranks, or they disagree on the lr and on when to stop
+                clock = torch.tensor([elapsed], dtype=torch.float64, device=device)
+                dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+                elapsed = float(clock)
             loss = loss.detach()
             bpd = float(bits_per_dim(loss, D))
             if not math.isfinite(bpd):
@@ -377,4 +394,6 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     model.eval()
     history["steps_per_second"] = step / elapsed if elapsed else None
     history["sampler_probs"] = sampler.probs().tolist()
+    history["sampler_state"] = {k: (v.tolist() if isinstance(v, torch.Tensor) else v)
+                                for k, v in sampler.state_dict().items()}
     return history

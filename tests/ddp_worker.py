@@ -13,10 +13,14 @@ torch.manual_seed(0)  # the same initial weights on every rank (DDP also broadca
 maps = torch.randint(0, 4, (64, 8, 8))
 model = Denoiser(DenoiserConfig(num_classes=4, height=8, width=8, fold=1, channels=(16, 32), embed_dim=16,
                                 schedule={"name": "hoogeboom-cosine", "T": 20}))
-history = fit(model, maps, TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=0),
+# history=1: the importance sampler warms up within these steps (20 times, 2 ranks x 8 losses a
+# step), so p(t) turns non-uniform and would differ between ranks that did not share losses.
+history = fit(model, maps, TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=0,
+                                       importance_history=1),
               device="cpu", checkpoint_path=f"{out_dir}/ckpt.pt", progress=False)
 rank = torch.distributed.get_rank()
 torch.save({"params": torch.cat([p.detach().flatten() for p in model.parameters()]),
-            "sampler_probs": history["sampler_probs"], "world_size": torch.distributed.get_world_size()},
+            "sampler_probs": history["sampler_probs"], "sampler_state": history["sampler_state"],
+            "world_size": torch.distributed.get_world_size()},
            f"{out_dir}/rank{rank}.pt")
 torch.distributed.destroy_process_group()

@@ -53,6 +53,28 @@ def test_ancestral_samples_follow_the_models_exact_distribution():
     assert stats.chisquare(counts, expected * n).pvalue > 1e-4
 
 
+def test_few_step_samples_follow_their_models_exact_distribution():
+    # Grid 4 -> 2 -> 0: x_4 uniform, x_2 ~ q(x_2 | x_4, x0_hat) (the skip posterior), x_0 ~ C(x0_hat).
+    K, T = 3, 4
+    s = make_schedule("linear", T, beta_start=0.1, beta_end=0.5)
+    table = np.random.default_rng(1).normal(size=(T + 1, K, K)) * 2
+    x0_hat = np.exp(log_softmax(table, -1))
+    a = s.alphas.numpy()
+    Q = [None] + [a[t] * np.eye(K) + (1 - a[t]) / K for t in range(1, T + 1)]
+    Q_2_to_4 = Q[3] @ Q[4]
+    Q_bar_2 = Q[1] @ Q[2]
+    expected = np.zeros(K)
+    for x4 in range(K):
+        theta = Q_2_to_4[:, x4] * (x0_hat[4, x4] @ Q_bar_2)
+        theta /= theta.sum()
+        for x2 in range(K):
+            expected += theta[x2] / K * x0_hat[2, x2]
+    n = 60_000
+    x = sample(TableDenoiser(table), s, n, shape=(), steps=2, generator=torch.Generator().manual_seed(2),
+               device="cpu", progress=False)
+    assert stats.chisquare(np.bincount(x.numpy(), minlength=K), expected * n).pvalue > 1e-4
+
+
 def test_time_grid():
     assert time_grid(10) == list(range(10, -1, -1))
     assert time_grid(1000, 4) == [1000, 750, 500, 250, 0]
@@ -90,7 +112,7 @@ def test_a_certain_model_samples_its_certainty(tiny_model):
     _, s = tiny_model
 
     class Certain(TableDenoiser):
-        config = DenoiserConfig(num_classes=4, height=8, width=8)
+        config = DenoiserConfig(num_classes=4, height=8, width=8, schedule=s.to_dict())
 
     table = np.full((21, 4, 4), -50.0)
     table[..., 2] = 50.0

@@ -13,7 +13,8 @@ import torch
 from mdiff_lite import make_schedule
 from mdiff_lite.evaluate import evaluate_bound
 from mdiff_lite.models import Denoiser, DenoiserConfig
-from mdiff_lite.train import TrainConfig, fit, load_checkpoint, load_denoiser, pick_device, save_checkpoint
+from mdiff_lite.train import (TrainConfig, fit, load_checkpoint, load_denoiser, pick_device, save_checkpoint,
+                              update_meta)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +108,15 @@ def test_checkpoints_round_trip_resume_and_refuse_other_configs(tmp_path):
         fit(Denoiser(tiny_config(channels=(16, 16))), maps, TrainConfig(steps=20), device="cpu",
             checkpoint_path=path, progress=False)
 
+    # Resuming with a budget already spent changes nothing, results recorded since included;
+    # the model comes back with the saved EMA weights.
+    update_meta(path, test_bpd=1.234)
+    again = Denoiser(tiny_config())
+    fit(again, maps, TrainConfig(steps=16, batch_size=8), device="cpu", checkpoint_path=path, progress=False)
+    assert load_checkpoint(path)[1]["test_bpd"] == 1.234
+    saved = load_checkpoint(path)[0]
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in saved.items())
+
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
@@ -172,7 +182,9 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["world_size"] == 2
     assert torch.equal(r0["params"], r1["params"])  # DDP averaged the same gradients on both ranks
-    assert r0["sampler_probs"] == r1["sampler_probs"]  # and both saw every rank's losses
+    assert r0["sampler_state"] == r1["sampler_state"]  # both saw every rank's losses...
+    assert r0["sampler_probs"] == r1["sampler_probs"]
+    assert len(set(r0["sampler_probs"][1:])) > 1  # ...and p(t) has left the uniform warm-up
     meta = load_checkpoint(tmp_path / "ckpt.pt")[1]
     assert meta["world_size"] == 2 and meta["steps"] == 6
     # The weights moved: training happened.
