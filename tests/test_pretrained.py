@@ -30,10 +30,11 @@ def test_shipped_checkpoint(name):
     quick = estimate_bound(model, make_schedule(**meta["model_config"]["schedule"]), test, k=4, progress=False)
     spread = 5 * math.hypot(quick["stderr"], meta["test_bpd_stderr"]) + 0.05 * meta["test_bpd"]
     assert abs(quick["bpd"] - meta["test_bpd"]) < spread, (quick["bpd"], meta["test_bpd"])
-    if name == "digits":
-        assert meta["test_bpd"] < 0.5 * math.log2(17)
-    else:
-        assert meta["test_bpd"] < 1.5 * ds.entropy_bits_per_pixel
+    # It learned: far below the uniform model's log2 K. (How close it is to the best possible is
+    # a benchmark's business, not a test's.)
+    assert meta["test_bpd"] < 0.5 * math.log2(ds.num_classes)
+    if name == "toyseg":  # and no bound beats the true entropy beyond its standard error
+        assert meta["test_bpd"] > ds.entropy_bits_per_pixel - 3 * meta["test_bpd_stderr"]
 
 
 def test_unknown_name():
