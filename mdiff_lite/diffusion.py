@@ -94,9 +94,10 @@ def _broadcast_t(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
                          f"{tuple(x.shape[:-1])} of {name}") from None
 
 
-def _coef(schedule: Schedule, name: str, t: torch.Tensor, dtype) -> torch.Tensor:
-    """``schedule.<name>[t]`` in ``dtype``, with a trailing axis to broadcast over classes."""
-    return schedule.buffer(name, t.device, dtype)[t].unsqueeze(-1)
+def _coef(schedule: Schedule, name: str, t: torch.Tensor, dtype, axis: int = -1) -> torch.Tensor:
+    """``schedule.<name>[t]`` in ``dtype``, with a new class axis at ``axis`` to broadcast over
+    classes (last in the public functions, second in the log-space internals)."""
+    return schedule.buffer(name, t.device, dtype)[t].unsqueeze(axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +218,11 @@ def q_posterior_skip(x_t: torch.Tensor, x0: torch.Tensor, t, s, schedule: Schedu
     s = _check_t(s, 0, schedule.T - 1, x_t.device, "s")
     if (s >= t).any():
         raise ValueError("s must be smaller than t")
+    return _q_posterior_skip(x_t, x0, t, s, schedule)
+
+
+def _q_posterior_skip(x_t, x0, t: torch.Tensor, s: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """:func:`q_posterior_skip` without the checks, for a sampler's inner loop."""
     K = x_t.shape[-1]
     dtype = torch.promote_types(x_t.dtype, x0.dtype)
     # abar_t / abar_s and 1 - abar_t / abar_s from the float64 logs, on the CPU (MPS has no
@@ -343,13 +349,9 @@ def _check_indices(x, K: int, name: str) -> torch.Tensor:
 
 # Inside the log-space functions the class axis is the second one, ``[B, K, *dims]``: a
 # convolutional network produces that layout, and on the CPU a log-softmax over a contiguous
-# axis of size K = 8 runs some 20 times faster there than over the last axis. Times ``t`` come
+# axis of size K = 8 runs much faster there than over the last axis (benchmarks/loss_speed.py
+# halved with this layout). Times ``t`` come
 # shaped like the index tensors (one entry per example, broadcasting over the dimensions).
-
-
-def _cls(schedule: Schedule, name: str, t: torch.Tensor, dtype) -> torch.Tensor:
-    """``schedule.<name>[t]`` with a class axis inserted at position 1."""
-    return schedule.buffer(name, t.device, dtype)[t].unsqueeze(1)
 
 
 def _log_onehot_mix(index: torch.Tensor, log_keep, log_noise, K: int) -> torch.Tensor:
@@ -363,14 +365,15 @@ def _log_onehot_mix(index: torch.Tensor, log_keep, log_noise, K: int) -> torch.T
 
 def _log_q_t_given_prev(x_t: torch.Tensor, t: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
     """log q(x_t | x_{t-1} = j) for every class j (eq. 11 read as a function of x_{t-1})."""
-    return _log_onehot_mix(x_t, _cls(schedule, "log_alphas", t, dtype), _cls(schedule, "log_betas", t, dtype), K)
+    return _log_onehot_mix(x_t, _coef(schedule, "log_alphas", t, dtype, axis=1),
+                           _coef(schedule, "log_betas", t, dtype, axis=1), K)
 
 
 def _log_q_prev_given_x0(x0: torch.Tensor, t: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
     """log q(x_{t-1} | x_0) (eq. 12 at t - 1): ``x0`` as class indices, or as log-probabilities
     ``[B, K, *dims]`` of a prediction."""
-    log_keep = _cls(schedule, "log_alpha_bars", t - 1, dtype)
-    log_noise = _cls(schedule, "log_one_minus_alpha_bars", t - 1, dtype)
+    log_keep = _coef(schedule, "log_alpha_bars", t - 1, dtype, axis=1)
+    log_noise = _coef(schedule, "log_one_minus_alpha_bars", t - 1, dtype, axis=1)
     if x0.is_floating_point():
         return torch.logaddexp(x0 + log_keep, log_noise - math.log(K))
     return _log_onehot_mix(x0, log_keep, log_noise, K)
@@ -431,13 +434,15 @@ def prior_kl(x0: torch.Tensor, schedule: Schedule, num_classes: int) -> torch.Te
     _check_schedule(schedule)
     K = _check_num_classes(num_classes)
     x0 = _check_indices(x0, K, "x0")
-    if x0.device.type == "mps":  # no float64 there; the term is tiny and model-free anyway
-        return prior_kl(x0.cpu(), schedule, K).to(x0.device)
-    T = torch.full(x0.shape, schedule.T, dtype=torch.long, device=x0.device)
-    log_q = _log_onehot_mix(x0, _cls(schedule, "log_alpha_bars", T, torch.float64),
-                            _cls(schedule, "log_one_minus_alpha_bars", T, torch.float64), K)
-    kl = _kl_from_logs(log_q, torch.full_like(log_q, -math.log(K)))
-    return kl.reshape(x0.shape[0], -1).sum(1)
+    # Every class is noised alike, so the KL is the same for every pixel: q(x_T | x_0) puts
+    # a = alpha_bar_T + (1 - alpha_bar_T) / K on x_0 and b = (1 - alpha_bar_T) / K on the K - 1
+    # others, and KL = a log(a K) + (K - 1) b log(b K). Computed once, in float64, on the CPU.
+    log_b = schedule.log_one_minus_alpha_bars[-1] - math.log(K)
+    log_a = torch.logaddexp(schedule.log_alpha_bars[-1], log_b)
+    per_pixel = (torch.xlogy(log_a.exp(), log_a.exp() * K) + (K - 1) * torch.xlogy(log_b.exp(), log_b.exp() * K)).item()
+    dims = math.prod(x0.shape[1:])
+    return torch.full((x0.shape[0],), per_pixel * dims, device=x0.device,
+                      dtype=torch.float32 if x0.device.type == "mps" else torch.float64)
 
 
 def _call_denoiser(denoiser, x_t: torch.Tensor, t: torch.Tensor, K: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ Three choices make it small and fast enough for a laptop CPU:
 
 - **Folded pixels.** Each ``fold x fold`` block of pixels is folded into channels
   (``pixel_unshuffle``); with the default ``fold = 4`` a 32 x 32 map is processed at 8 x 8, 4 x 4
-  and 2 x 2. Most of the bound is spent at large t, where the network must guess the scene's
-  layout from a few surviving pixels: coarse features do that, and at about a third of the cost of
-  ``fold = 2`` per step (0.1 s against 0.28 s for a batch of 64 on two CPU cores).
+  and 2 x 2, at about half the cost per step of ``fold = 2``. Cheaper is not better here:
+  ``benchmarks/quality.py`` finds that ``fold = 2`` (channels 48/96/96) reaches a lower bound
+  in the same 10 CPU minutes (the README's results table); the default awaits that change and
+  a retrained shipped checkpoint.
 - **Bayes as a starting point.** The logits are ``log q(x_t | x_0 = k) + correction``: the first
   term is what the observed ``x_t`` alone says about each candidate class ``k`` (eq. 12 read as a
   likelihood of ``x_0``), the network only learns the correction (the prior over maps). At small

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .diffusion import q_posterior_skip, q_sample, sample_index
+from .diffusion import _q_posterior_skip, q_sample, sample_index
 from .models import check_schedule_matches
 from .schedules import Schedule
 
@@ -54,7 +54,10 @@ def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, ma
             # x0_hat already weighs in what x_t says about x_0 (the denoiser sees x_t).
             probs = x0_hat
         else:
-            probs = q_posterior_skip(F.one_hot(x, K).float(), x0_hat, t, s, schedule)
+            # The unchecked twin: the inputs are ours, and the checks (sums, ranges) would cost
+            # a synchronising pass over the batch at every one of the T steps.
+            probs = _q_posterior_skip(F.one_hot(x, K).float(), x0_hat, torch.tensor(t, device=x.device),
+                                      torch.tensor(s, device=x.device), schedule)
         x = sample_index(probs, generator)
         if known is not None:
             noisy_known = q_sample(known, s, schedule, K, generator) if s > 0 else known

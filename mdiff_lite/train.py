@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -308,10 +309,8 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
             t, losses = torch.cat(t_all), torch.cat(l_all)
         sampler.update(t.cpu(), losses.cpu())
 
-    class _Sampler:  # the sampler as training_loss sees it, with the synchronised update
-        T = sampler.T
-        sample = staticmethod(sampler.sample)
-        update = staticmethod(sampler_update)
+    # The sampler as training_loss sees it: its own draws, the synchronised update.
+    synced_sampler = SimpleNamespace(T=sampler.T, sample=sampler.sample, update=sampler_update)
 
     def done() -> bool:
         return ((config.steps is not None and step >= config.steps)
@@ -355,7 +354,7 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = training_loss(net, x0, schedule, _Sampler, num_classes=K, generator=g)
+                loss = training_loss(net, x0, schedule, synced_sampler, num_classes=K, generator=g)
             optimizer.zero_grad(set_to_none=True)
             (loss / D).backward()  # nats per pixel: a scale that does not depend on the map size
             if config.grad_clip:
