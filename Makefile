@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: lab test install lock clean
+.PHONY: lab test install lock clean notebooks
 
 install: $(STAMP)
 
@@ -19,9 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Re-execute every notebook in full mode (outputs committed; a test checks they are current).
+notebooks: $(STAMP)
+	$(BIN)/python -m mdiff_lite._nbrun notebooks/[0-9][0-9]_*.py
+
 # Loopback only, token on. Jupyter refuses to run as root unless told to (containers, CI).
+# The JupyterLab settings are Binder's (binder/overrides.json, installed there by binder/postBuild):
+# .py notebooks open as notebooks, no news or update pop-ups.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
-lab: $(STAMP)
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): binder/overrides.json $(STAMP)
+	mkdir -p $(@D) && cp binder/overrides.json $@
+lab: $(STAMP) $(LAB_OVERRIDES)
 	$(BIN)/jupyter lab --ip=127.0.0.1 --no-browser $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
 
 # Re-resolve the ranges of pyproject.toml in a scratch environment and pin the result.

@@ -66,7 +66,8 @@ from tqdm.auto import tqdm
 
 from .diffusion import bits_per_dim
 
-__all__ = ["KINDS", "DequantizationFlow", "preprocess", "preprocess_inverse", "fit_flow", "evaluate_flow"]
+__all__ = ["KINDS", "DequantizationFlow", "preprocess", "preprocess_inverse", "fit_flow", "evaluate_flow",
+           "save_flow", "load_flow", "pretrained_flow_path", "load_pretrained_flow"]
 
 KINDS = ("ordinal", "onehot", "variational-ordinal", "variational-onehot")
 
@@ -594,3 +595,57 @@ def evaluate_flow(model: DequantizationFlow, maps: torch.Tensor, *, k: int = 1, 
             "stderr": (per_map.std() / math.sqrt(n)).item() if n > 1 else float("nan"),
             "bound": model.bound_label(k), "k": k, "kind": model.kind, "n_images": n,
             "per_map_bpd": per_map.tolist(), "seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints (the same file format as the denoiser's: weights plus JSON metadata, atomic writes)
+# ---------------------------------------------------------------------------------------------
+
+def save_flow(path, model: DequantizationFlow, meta: dict | None = None, *,
+              weights_dtype: torch.dtype = torch.float32) -> None:
+    """Write the flow's weights and ``meta`` (JSON-able; the flow's config is added) atomically."""
+    import json
+
+    from .train import _atomic_save
+
+    if not isinstance(model, DequantizationFlow):
+        raise TypeError(f"model must be a DequantizationFlow, got {type(model).__name__}")
+    weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    meta = dict(meta or {}, flow_config={k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()})
+    _atomic_save({"model": weights, "meta_json": json.dumps(meta)}, path)
+
+
+def load_flow(path, device=None) -> tuple[DequantizationFlow, dict]:
+    """Rebuild a flow saved by :func:`save_flow`, in eval mode: ``(model, meta)``."""
+    from .train import load_checkpoint
+
+    weights, meta, _ = load_checkpoint(path)
+    if "flow_config" not in meta:
+        raise ValueError(f"{path} holds no dequantization flow (no flow_config in its metadata); "
+                         "denoiser checkpoints load with mdiff_lite.train.load_denoiser")
+    config = dict(meta["flow_config"])
+    kind, K, H, W = (config.pop(k) for k in ("kind", "num_classes", "height", "width"))
+    model = DequantizationFlow(kind, K, H, W, **{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in config.items()})
+    ref = model.state_dict()
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in weights.items()}, strict=True)
+    return model.to(torch.device(device) if device is not None else torch.device("cpu")).eval(), meta
+
+
+def pretrained_flow_path(dataset: str, kind: str):
+    """Where the shipped baseline for ``dataset`` (``"toyseg"``, ``"digits"``) and ``kind`` lies."""
+    from pathlib import Path
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    path = Path(__file__).resolve().parent / "pretrained" / f"flow_{dataset}_{kind}.pt"
+    if not path.is_file():
+        shipped = sorted(p.stem[5:] for p in path.parent.glob("flow_*.pt"))
+        raise ValueError(f"no shipped flow for dataset {dataset!r}, kind {kind!r}; there are: "
+                         f"{', '.join(shipped) or 'none'}")
+    return path
+
+
+def load_pretrained_flow(dataset: str, kind: str, device=None) -> tuple[DequantizationFlow, dict]:
+    """A shipped baseline (trained by ``benchmarks/likelihood.py``) and its metadata."""
+    return load_flow(pretrained_flow_path(dataset, kind), device)
