@@ -409,9 +409,17 @@ def log_q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule,
     if not x0.is_floating_point():
         x0 = _check_indices(x0, K, "x0")
     t = _check_t(t, 1, schedule.T, x_t.device)
-    # The class-second twin wants a batch axis first: flatten whatever leading shape there is.
-    lead = x_t.shape
-    t = torch.as_tensor(t, device=x_t.device).broadcast_to(lead).reshape(-1, 1)
+    # The class-second twin wants a batch axis first: flatten whatever leading shape there is,
+    # after broadcasting x_t, x0 and t against each other (as q_posterior does).
+    t = torch.as_tensor(t, device=x_t.device)
+    x0_lead = x0.shape[:-1] if x0.is_floating_point() else x0.shape
+    try:
+        lead = torch.broadcast_shapes(x_t.shape, x0_lead, t.shape)
+    except RuntimeError as error:
+        raise ValueError(f"x_t {tuple(x_t.shape)}, x0 {tuple(x0.shape)} and t {tuple(t.shape)} do not "
+                         f"broadcast together: {error}") from None
+    x_t = x_t.broadcast_to(lead)
+    t = t.broadcast_to(lead).reshape(-1, 1)
     x_t = x_t.reshape(-1, 1)
     if x0.is_floating_point():
         K, dtype = x0.shape[-1], x0.dtype

@@ -214,6 +214,18 @@ def test_log_space_posterior_agrees_with_eq13_and_eq14(name, params):
     torch.testing.assert_close(got.exp(), D.q_posterior(D.one_hot(xt, K, F64), x0_hat, t, s), rtol=1e-10, atol=1e-15)
 
 
+
+def test_log_space_posterior_broadcasts_like_eq13():
+    K, T = 4, 30
+    s = make_schedule("linear", T)
+    t = torch.arange(2, T + 1)                   # [T - 1] against a scalar x_t and x0
+    got = D.log_q_posterior(torch.tensor(1), torch.tensor(3), t, s, K, F64)
+    want = D.q_posterior(D.one_hot(torch.tensor(1), K, F64), D.one_hot(torch.tensor(3), K, F64), t, s)
+    assert got.shape == (T - 1, K)
+    torch.testing.assert_close(got.exp(), want, rtol=1e-10, atol=1e-15)
+    with pytest.raises(ValueError, match="broadcast"):
+        D.log_q_posterior(torch.tensor([1, 2]), torch.tensor([0, 1, 2]), 3, s, K, F64)
+
 def test_prior_kl_is_the_kl_to_uniform():
     s = make_schedule("linear", 20)
     x0 = torch.tensor([[0, 1], [2, 2]])

@@ -1,0 +1,485 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The bound: what multinomial diffusion maximises
+#
+# A diffusion model cannot compute the likelihood $p(x_0)$ of its data directly: it would have to sum
+# over every path $x_1, \dots, x_T$ the reverse process could have taken. It maximises a lower bound
+# instead, and the same bound, in bits per dimension, is the number the paper reports. You will:
+#
+# 1. derive the bound (eq. 3 of Hoogeboom et al., 2021) from Jensen's inequality, and split it into
+#    the posterior KLs of eq. 15, the decoder term of eq. 16 and a prior term;
+# 2. build a **one-pixel world** (3 classes, 6 steps) where $\log p(x_0)$ can be computed exactly by
+#    enumerating every path, and watch the bound hold and tighten as the denoiser improves;
+# 3. turn the bound into a training loss (eq. 17) and see why importance sampling of $t$ helps;
+# 4. see how the official code's decoder term differs from eq. 16, and what that does to the
+#    reported number.
+#
+# **Time:** about 35 minutes of reading; the code runs in under a minute.
+
+# %% tags=["parameters"]
+import os
+
+SMOKE = os.environ.get("MDIFF_SMOKE", "0") == "1"
+N_MC = 4_000 if SMOKE else 40_000        # examples per Monte Carlo estimate
+N_REPEATS = 20 if SMOKE else 200         # repeated training-loss batches for the variance comparison
+
+# %%
+import itertools
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from mdiff_lite import (
+    ImportanceTimeSampler, UniformTimeSampler, categorical_kl, log_categorical, make_schedule,
+    prior_kl, q_marginal, q_posterior, q_step, training_loss, vlb_terms,
+)
+
+torch.manual_seed(0)
+F64 = torch.float64
+LN2 = math.log(2)
+
+# %% [markdown]
+# ## Deriving eq. 3
+#
+# The model is a reverse Markov chain: draw $x_T$ from a uniform prior $p(x_T)$, then
+# $x_{T-1}, \dots, x_0$ from learned steps $p(x_{t-1} \mid x_t)$ (eq. 14 of notebook 02). Its
+# likelihood is a sum over all paths,
+# $p(x_0) = \sum_{x_{1:T}} p(x_T) \prod_{t=1}^{T} p(x_{t-1} \mid x_t)$. Multiply and divide by
+# the forward process $q(x_{1:T} \mid x_0) = \prod_t q(x_t \mid x_{t-1})$ and apply Jensen's
+# inequality ($\log$ is concave, so $\log \mathbb{E} \ge \mathbb{E} \log$):
+#
+# $$\log p(x_0) = \log \mathbb{E}_{q(x_{1:T} \mid x_0)}\Big[\frac{p(x_{0:T})}{q(x_{1:T} \mid x_0)}\Big]
+#   \;\ge\; \mathbb{E}_{q}\Big[\log \frac{p(x_{0:T})}{q(x_{1:T} \mid x_0)}\Big].$$
+#
+# The gap is $\mathrm{KL}\big(q(x_{1:T} \mid x_0) \,\|\, p(x_{1:T} \mid x_0)\big) \ge 0$: the bound
+# is tight exactly when the forward process is the model's own posterior over paths.
+#
+# To make the right-hand side computable term by term, rewrite each forward step with Bayes as in
+# notebook 02: by the Markov property $q(x_t \mid x_{t-1}) = q(x_t \mid x_{t-1}, x_0)
+# = q(x_{t-1} \mid x_t, x_0)\, q(x_t \mid x_0) / q(x_{t-1} \mid x_0)$. For $t = 2, \dots, T$ the
+# ratios $q(x_t \mid x_0)/q(x_{t-1} \mid x_0)$ telescope, leaving
+#
+# $$q(x_{1:T} \mid x_0) = q(x_T \mid x_0) \prod_{t=2}^{T} q(x_{t-1} \mid x_t, x_0).$$
+#
+# Divide $p(x_{0:T}) = p(x_T)\, p(x_0 \mid x_1) \prod_{t=2}^T p(x_{t-1} \mid x_t)$ by it, take logs and
+# expectations; each ratio becomes a KL divergence (the expectation over $x_{t-1}$ given $x_t, x_0$
+# is exactly the one in the KL):
+#
+# $$\log p(x_0) \;\ge\; \mathbb{E}_q\Big[\log p(x_0 \mid x_1)
+#   - \mathrm{KL}\big(q(x_T \mid x_0) \,\|\, p(x_T)\big)
+#   - \sum_{t=2}^{T} \mathrm{KL}\big(q(x_{t-1} \mid x_t, x_0) \,\|\, p(x_{t-1} \mid x_t)\big)\Big]. \tag{3}$$
+#
+# For multinomial diffusion every piece is a categorical distribution we already know:
+#
+# - **eq. 15**, the posterior KL: both sides are eq. 13, once with the true $x_0$, once with the
+#   prediction $\hat x_0$: $\mathrm{KL} = \sum_k \theta_\text{post}(x_t, x_0)_k
+#   \log\frac{\theta_\text{post}(x_t, x_0)_k}{\theta_\text{post}(x_t, \hat x_0)_k}$;
+# - **eq. 16**, the decoder: $\log p(x_0 \mid x_1) = \sum_k x_{0,k} \log \hat x_{0,k}$, the
+#   log-probability the network's softmax gives the true class at $t = 1$;
+# - **the prior term** $\mathrm{KL}(q(x_T \mid x_0) \,\|\, \text{uniform})$ has no parameters; it is
+#   near 0 when $\bar\alpha_T \approx 0$.
+#
+# We write $L_1 = -\log p(x_0 \mid x_1)$ and $L_t$ ($t \ge 2$) for the expected eq. 15 KL at step
+# $t$, so $-(\text{eq. 3}) = \sum_{t=1}^T L_t + L_\text{prior}$, in nats.
+
+# %% [markdown]
+# ### The three pieces by hand
+#
+# A few numbers first, each checked against the package: eq. 15 as a sum, eq. 16 as a dot product,
+# the prior term as a KL to the uniform distribution.
+
+# %%
+K = 3
+schedule = make_schedule("linear", 6, beta_start=0.05, beta_end=0.5)
+I = torch.eye(K, dtype=F64)
+x0, x_t, t = I[0], I[1], 3
+x0_hat = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+
+true_post, model_post = q_posterior(x_t, x0, t, schedule), q_posterior(x_t, x0_hat, t, schedule)
+kl_by_hand = (true_post * (true_post / model_post).log()).sum()          # eq. 15
+log_decoder_by_hand = (x0 * x0_hat.log()).sum()                           # eq. 16
+q_T, uniform = q_marginal(x0, schedule.T, schedule), torch.full((K,), 1 / K, dtype=F64)
+prior_by_hand = (q_T * (q_T / uniform).log()).sum()                        # the prior term
+
+torch.testing.assert_close(categorical_kl(true_post, model_post), kl_by_hand)
+torch.testing.assert_close(log_categorical(x0, x0_hat), log_decoder_by_hand)
+torch.testing.assert_close(prior_kl(torch.tensor([0]), schedule, K)[0], prior_by_hand)
+print(f"eq. 15 KL = {kl_by_hand:.4f} nats, eq. 16 log p(x0|x1) = {log_decoder_by_hand:.4f} nats, "
+      f"prior KL = {prior_by_hand:.4f} nats (alpha_bar_T = {schedule.alpha_bars[-1]:.3f})")
+
+# %% [markdown]
+# ## A one-pixel world where everything is exact
+#
+# One pixel, $K = 3$ classes, $T = 6$ steps of a short linear schedule that leaves
+# $\bar\alpha_T \approx 0.13$ (so the prior term is not zero). The data distribution is
+# $p_\text{data} = (0.6, 0.3, 0.1)$; its entropy is the best any model can do on average.
+#
+# A denoiser maps $(x_t, t)$ to $\hat x_0$. With one pixel, $x_t$ takes only $K$ values, so *any*
+# denoiser is a table `x0_hat[t, i]`: the $\hat x_0$ it outputs when $x_t$ is class $i$. From such a
+# table we build the model's reverse transition matrices, row $i$ being the distribution of $x_{t-1}$
+# given $x_t = i$: eq. 14 for $t \ge 2$, and the decoder $p(x_0 \mid x_1 = i) = \hat x_0$ (eq. 16)
+# at $t = 1$.
+
+# %%
+p_data = torch.tensor([0.6, 0.3, 0.1], dtype=F64)
+T = schedule.T
+entropy_bits = -(p_data * p_data.log2()).sum().item()
+print(f"{schedule}; data entropy {entropy_bits:.4f} bits")
+
+
+def reverse_matrices(x0_hat, decoder="eq16"):
+    """P[t][i, j] = p(x_{t-1} = j | x_t = i) for t = 1..T, from a table x0_hat[t, i] ([T + 1, K, K]).
+    decoder: "eq16" (p(x_0 | x_1) = x0_hat) or "posterior" (eq. 13 at t = 1, the official code's)."""
+    P = [None] + [q_posterior(I, x0_hat[t], t, schedule) for t in range(1, T + 1)]  # row i: x_t = class i
+    if decoder == "eq16":
+        P[1] = x0_hat[1]
+    return P
+
+
+# A denoiser to start with: a random table of probabilities.
+x0_hat_random = torch.softmax(torch.randn(T + 1, K, K, dtype=F64, generator=torch.Generator().manual_seed(1)), -1)
+P = reverse_matrices(x0_hat_random)
+
+# %% [markdown]
+# ### Exact $\log p(x_0)$ and eq. 3 by enumerating every path
+#
+# With $K = 3$ and $T = 6$ there are $3^6 = 729$ paths $x_{1:T}$. For each, compute the forward
+# probability $q(x_{1:T} \mid x_0)$ and the model's joint $p(x_{0:T})$; then
+# $p(x_0) = \sum_\text{paths} p(x_{0:T})$ and the bound is
+# $\sum_\text{paths} q \cdot (\log p(x_{0:T}) - \log q)$, its definition, before any rewriting.
+
+# %%
+Q = [None] + [q_step(I, t, schedule).tolist() for t in range(1, T + 1)]  # Q[t][i][j] = q(x_t = j | x_{t-1} = i)
+P_list = [None] + [P[t].tolist() for t in range(1, T + 1)]
+log_px0_paths, elbo_paths = torch.zeros(K, dtype=F64), torch.zeros(K, dtype=F64)
+for c in range(K):
+    p_total, elbo = 0.0, 0.0
+    for path in itertools.product(range(K), repeat=T):
+        xs = (c,) + path  # xs[t] = x_t
+        log_q = sum(math.log(Q[t][xs[t - 1]][xs[t]]) for t in range(1, T + 1))
+        log_p = math.log(1 / K) + sum(math.log(P_list[t][xs[t]][xs[t - 1]]) for t in range(1, T + 1))
+        p_total += math.exp(log_p)
+        elbo += math.exp(log_q) * (log_p - log_q)
+    log_px0_paths[c], elbo_paths[c] = math.log(p_total), elbo
+for c in range(K):
+    print(f"x_0 = {c}: log p(x_0) = {log_px0_paths[c]:.4f} nats >= eq. 3 = {elbo_paths[c]:.4f} nats "
+          f"(gap {log_px0_paths[c] - elbo_paths[c]:.4f})")
+assert (elbo_paths <= log_px0_paths).all()
+
+# %% [markdown]
+# The sum over paths is a chain of matrix products, which is how we compute it from now on: the
+# distribution of $x_0$ under the model is $\text{uniform} \cdot P_T P_{T-1} \cdots P_1$.
+#
+# The bound in its KL form (eq. 3 with eqs. 15 and 16) needs only the $K$ values of $x_t$ at each
+# step, weighted by $q(x_t \mid x_0)$ (eq. 12). `exact_terms` below returns, for each $x_0$, the
+# expected terms in the layout the package uses: column 0 is $L_1$, column $t - 1$ is $L_t$, column
+# $T$ the prior term.
+
+# %%
+def exact_log_px0(P):
+    """log p(x_0 = c) for every c, summing over all paths with matrix products."""
+    p = torch.full((K,), 1 / K, dtype=F64)
+    for t in range(T, 0, -1):
+        p = p @ P[t]
+    return p.log()
+
+
+def exact_terms(P):
+    """Expected terms of -(eq. 3), [K (x_0), T + 1] nats: L_1, L_2 .. L_T, prior."""
+    terms = torch.zeros(K, T + 1, dtype=F64)
+    for t in range(1, T + 1):
+        q_t = q_marginal(I, t, schedule)                           # [x_0, x_t]
+        if t == 1:
+            per_xt = -P[1].log().T                                 # [x_0, x_1]: -log p(x_0 | x_1)
+        else:
+            true_post = q_posterior(I[None, :, :], I[:, None, :], t, schedule)  # [x_0, x_t, x_{t-1}]
+            per_xt = categorical_kl(true_post, P[t].expand(K, K, K))
+        terms[:, t - 1] = (q_t * per_xt).sum(1)
+    terms[:, T] = prior_kl(torch.arange(K)[:, None], schedule, K)
+    return terms
+
+
+terms = exact_terms(P)
+torch.testing.assert_close(exact_log_px0(P), log_px0_paths)
+torch.testing.assert_close(-terms.sum(1), elbo_paths)
+print("matrix products == path enumeration, and the KL form of eq. 3 == its definition, for every x_0")
+
+# %% [markdown]
+# ### The package's Monte Carlo estimate
+#
+# `vlb_terms(denoiser, x0, schedule)` estimates the same columns for a batch of data, drawing one
+# $x_t \sim q(x_t \mid x_0)$ per example and step. Any function of $(x_t, t)$ that returns logits
+# is a denoiser; here it looks the table up. Each column's average should match the exact
+# expectation within a few standard errors.
+
+# %%
+log_table = x0_hat_random.log()
+denoiser = lambda x_t, t: log_table[t, x_t]  # noqa: E731  (logits; the softmax gives back the table)
+x0_batch = torch.multinomial(p_data, N_MC, replacement=True, generator=torch.Generator().manual_seed(2))
+mc = vlb_terms(denoiser, x0_batch, schedule, num_classes=K, generator=torch.Generator().manual_seed(3))
+mean, stderr = mc.mean(0), mc.std(0) / math.sqrt(N_MC)
+expected = p_data @ terms  # averaged over the data
+print("column:         " + "".join(f"{name:>9}" for name in ["L_1"] + [f"L_{t}" for t in range(2, T + 1)] + ["prior"]))
+print("exact:          " + "".join(f"{v:9.4f}" for v in expected.tolist()))
+print("vlb_terms mean: " + "".join(f"{v:9.4f}" for v in mean.tolist()))
+print("standard error: " + "".join(f"{v:9.4f}" for v in stderr.tolist()))
+assert ((mean - expected).abs() <= 5 * stderr + 1e-9).all()
+
+# %% [markdown]
+# ## The bound tightens as the denoiser improves
+#
+# What is the *perfect* denoiser in this world? The best reverse step is the true one,
+# $q(x_{t-1} \mid x_t)$, with $x_0$ unknown. Redo notebook 02's derivation without conditioning on
+# $x_0$: $q(x_{t-1} \mid x_t) \propto q(x_t \mid x_{t-1})\, q(x_{t-1})$, and averaging eq. 12 over
+# the data gives $q(x_{t-1}) = \bar\alpha_{t-1} p_\text{data} + (1 - \bar\alpha_{t-1})/K$. That is
+# eq. 13 with $p_\text{data}$ in the place of $x_0$, so for $t \ge 2$ the perfect table is
+# $\hat x_0 = p_\text{data}$, **whatever $x_t$ is** (notebook 02, exercise 2). The network does
+# not need to "see" its own pixel, because eq. 13's likelihood bracket already adds that evidence.
+# (With many pixels the same argument makes the ideal $\hat x_0$ of a pixel its prediction from the
+# *other* pixels.) The decoder of eq. 16 is different: there $\hat x_0$ is used as is, so the perfect
+# one is the full posterior $q(x_0 \mid x_1) \propto p_\text{data} \odot q(x_1 \mid x_0)$.
+#
+# Now interpolate from the know-nothing denoiser (uniform $\hat x_0$) to the perfect one,
+# $\hat x_0^{(\lambda)} = (1 - \lambda)\,\text{uniform} + \lambda\, \hat x_0^\text{perfect}$, and
+# compute, averaged over the data, the exact $-\log p(x_0)$ and the bound $-(\text{eq. 3})$, in bits.
+
+# %%
+x0_hat_perfect = p_data.expand(T + 1, K, K).clone()
+posterior_x0_given_x1 = p_data * q_marginal(I, 1, schedule).T   # [x_1, x_0]: p_data(x_0) q(x_1 | x_0)
+x0_hat_perfect[1] = posterior_x0_given_x1 / posterior_x0_given_x1.sum(1, keepdim=True)
+
+lambdas = torch.linspace(0, 1, 21)
+exact_bits, bound_bits = [], []
+for lam in lambdas.tolist():
+    P = reverse_matrices((1 - lam) / K + lam * x0_hat_perfect)
+    exact_bits.append(-(p_data @ exact_log_px0(P)).item() / LN2)
+    bound_bits.append((p_data @ exact_terms(P).sum(1)).item() / LN2)
+
+# With the true reverse steps, eq. 3 falls short of log p_data(x_0) only through the uniform prior:
+# on average by KL(q(x_T) || uniform), where q(x_T) is the data pushed through T steps (eq. 12).
+q_xT = p_data @ q_marginal(I, T, schedule)
+floor_bits = entropy_bits + categorical_kl(q_xT, torch.full((K,), 1 / K, dtype=F64)).item() / LN2
+assert all(b >= e - 1e-12 for b, e in zip(bound_bits, exact_bits))
+assert abs(bound_bits[-1] - floor_bits) < 1e-9
+
+fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+ax.plot(lambdas, bound_bits, "o-", ms=3, label=r"bound: $-$(eq. 3), averaged over the data")
+ax.plot(lambdas, exact_bits, "o-", ms=3, label=r"exact $-\log p(x_0)$, averaged over the data")
+ax.axhline(entropy_bits, color="0.4", ls="--", lw=1)
+ax.text(0.01, entropy_bits + 0.02, f"data entropy {entropy_bits:.3f} bits", color="0.3", fontsize=8)
+ax.set_xlabel(r"$\lambda$ (0: uniform $\hat x_0$, 1: perfect $\hat x_0$)")
+ax.set_ylabel("bits per pixel")
+ax.set_title(f"one pixel, K = {K}, T = {T}: the bound holds and tightens", fontsize=10)
+ax.legend(fontsize=8)
+plt.show()
+print(f"lambda = 0: exact {exact_bits[0]:.3f} bits, bound {bound_bits[0]:.3f} bits")
+print(f"lambda = 1: exact {exact_bits[-1]:.3f} bits, bound {bound_bits[-1]:.3f} bits "
+      f"= entropy {entropy_bits:.3f} + KL(q(x_T) || uniform) {floor_bits - entropy_bits:.3f}")
+
+# %% [markdown]
+# Three things to read off the figure:
+#
+# - the bound is above the exact negative log-likelihood everywhere: eq. 3 is a lower bound on
+#   $\log p(x_0)$, so its negative is an upper bound on the cost in bits;
+# - a uniform $\hat x_0$ is exactly the uniform model, $\log_2 3 = 1.585$ bits, and its bound is loose;
+# - both fall as $\lambda$ grows; at $\lambda = 1$ the model's exact cost is close to the data entropy,
+#   and the bound sits above the entropy only by $\mathrm{KL}(q(x_T) \,\|\, \text{uniform})$, where $q(x_T)$
+#   is the data pushed through all $T$ steps; it is small here and vanishes when $\bar\alpha_T = 0$.
+
+# %% [markdown]
+# ## Training: eq. 17 and the choice of $t$
+#
+# Evaluating all $T$ terms for every example is expensive when $T = 1000$. Training instead draws one
+# $t$ per example and uses an unbiased estimate of the whole sum: with $t$ uniform on $1..T$,
+# $\mathbb{E}_t[T \cdot L_t] = \sum_t L_t$ (eq. 17). More generally, with any $p(t) > 0$,
+#
+# $$\mathbb{E}_{t \sim p}\Big[\frac{L_t}{p(t)}\Big] = \sum_t L_t, \qquad
+# \mathrm{Var} = \sum_t \frac{\mathbb{E}[L_t^2]}{p(t)} - \Big(\sum_t \mathbb{E}[L_t]\Big)^2 .$$
+#
+# Minimising the variance over $p$ (a Lagrange multiplier for $\sum_t p(t) = 1$) gives
+# $p(t) \propto \sqrt{\mathbb{E}[L_t^2]}$: spend the samples where the terms are large. The official
+# code estimates $\mathbb{E}[L_t^2]$ from the last 10 losses seen at each $t$ and samples uniformly until
+# every $t$ has 10; `ImportanceTimeSampler` does the same. Here the optimum can be computed exactly.
+# We use a half-trained denoiser ($\lambda = 0.5$), whose $L_t$ differ a lot across $t$.
+#
+# Each $L_t$ is a random variable through $x_0$ and $x_t$; its two moments follow from the per-$x_t$
+# values, as in `exact_terms`.
+
+# %%
+x0_hat_half = 0.5 / K + 0.5 * x0_hat_perfect
+P = reverse_matrices(x0_hat_half)
+first, second = torch.zeros(T + 1, dtype=F64), torch.zeros(T + 1, dtype=F64)  # E[L_t], E[L_t^2], index t
+for t in range(1, T + 1):
+    q_t = p_data[:, None] * q_marginal(I, t, schedule)                    # joint of (x_0, x_t)
+    if t == 1:
+        per_xt = -P[1].log().T
+    else:
+        per_xt = categorical_kl(q_posterior(I[None, :, :], I[:, None, :], t, schedule), P[t].expand(K, K, K))
+    first[t], second[t] = (q_t * per_xt).sum(), (q_t * per_xt**2).sum()
+prior = (p_data @ prior_kl(torch.arange(K)[:, None], schedule, K)).item()
+total = first.sum().item() + prior
+
+p_uniform = torch.full((T,), 1 / T, dtype=F64)
+p_best = second[1:].sqrt() / second[1:].sqrt().sum()
+variance = {name: (second[1:] / p).sum().item() - first.sum().item() ** 2 for name, p in
+            [("uniform", p_uniform), ("optimal", p_best)]}
+print("t:          " + "".join(f"{t:>8}" for t in range(1, T + 1)))
+print("E[L_t]:     " + "".join(f"{v:8.4f}" for v in first[1:].tolist()))
+print("optimal p:  " + "".join(f"{v:8.4f}" for v in p_best.tolist()))
+print(f"-(eq. 3) = {total:.4f} nats; one-sample standard deviation: uniform t {math.sqrt(variance['uniform']):.3f}, "
+      f"optimal p(t) {math.sqrt(variance['optimal']):.3f} nats")
+
+# %% [markdown]
+# Now the package: `training_loss(denoiser, x0, schedule, t_sampler, reduction="none")` returns one
+# estimate $L_t / p(t) + L_\text{prior}$ per example. Both samplers are unbiased (the batch means agree
+# with the exact bound), and the importance sampler, once warmed up, approaches the optimal spread.
+
+# %%
+log_table = x0_hat_half.log()
+denoiser = lambda x_t, t: log_table[t, x_t]  # noqa: E731
+g = torch.Generator().manual_seed(4)
+samplers = {"uniform": UniformTimeSampler(T), "importance": ImportanceTimeSampler(T)}
+warm_up = torch.multinomial(p_data, 200, replacement=True, generator=g)
+training_loss(denoiser, warm_up, schedule, samplers["importance"], num_classes=K, generator=g)
+print("importance sampler warmed up:", samplers["importance"].warmed_up,
+      "| its p(t):", samplers["importance"].probs()[1:].numpy().round(3))
+
+for name, sampler in samplers.items():
+    x0_batch = torch.multinomial(p_data, N_MC, replacement=True, generator=g)
+    estimates = training_loss(denoiser, x0_batch, schedule, sampler, num_classes=K, generator=g, reduction="none")
+    mean, sd = estimates.mean().item(), estimates.std().item()
+    print(f"{name:>10}: mean {mean:.4f} +- {sd / math.sqrt(N_MC):.4f} nats (exact {total:.4f}), "
+          f"one-sample standard deviation {sd:.3f} nats")
+    assert abs(mean - total) < 5 * sd / math.sqrt(N_MC)
+
+# %% [markdown]
+# In this tiny world the gain is modest. At $T = 1000$ the terms can differ by orders of magnitude
+# across $t$ (near $t = T$, where $x_t$ is almost pure noise, the true posterior is almost the
+# likelihood bracket alone and any $\hat x_0$ matches it), and sampling in proportion to their size
+# makes the estimate, and its gradient, less noisy. The official code also
+# uses it to *report* the bound: one importance-sampled $t$ per example, averaged over 100 repetitions
+# of the test set, a Monte Carlo estimate. The package's evaluation sums all $T$ terms instead
+# (`vlb_terms`), so its bound has no sampling noise from $t$.
+
+# %% [markdown]
+# ## Two decoders: eq. 16 and the official code's
+#
+# The official code does not use eq. 16 at $t = 1$. It applies eq. 13 at $t = 1$ with $\hat x_0$
+# plugged in (notebook 02):
+#
+# $$p_\text{official}(x_0 \mid x_1) \propto \hat x_0 \odot \Big(\alpha_1 x_1 + \frac{1 - \alpha_1}{K}\Big),
+# \qquad\text{versus}\qquad p_\text{eq. 16}(x_0 \mid x_1) = \hat x_0 .$$
+#
+# Both are normalised distributions over $x_0$, so both make eq. 3 a valid bound; they are two
+# different models. The difference is what the network must do. In the official form the likelihood
+# bracket, which at $t = 1$ is almost one-hot on $x_1$ (since $\alpha_1 \approx 1$), does the work:
+# the $\hat x_0$ that is perfect for $t \ge 2$ ($p_\text{data}$ here, a prediction that ignores
+# the pixel's own value) is perfect at $t = 1$ too. Eq. 16 instead asks the network itself to output
+# the sharp posterior $q(x_0 \mid x_1)$ at $t = 1$, a different job from every other step.
+#
+# Compare the decoder term $L_1$ in bits per pixel for a long schedule (hoogeboom-cosine,
+# $T = 1000$, $K = 8$, as in the paper's segmentation experiments) and three denoisers: uniform,
+# the one that is perfect for $t \ge 2$, and the sharp posterior.
+
+# %%
+K8, long_schedule = 8, make_schedule("hoogeboom-cosine", 1000)
+I8 = torch.eye(K8, dtype=F64)
+p_data8 = torch.softmax(torch.linspace(2, -2, K8, dtype=F64), 0)
+q_x1 = q_marginal(I8, 1, long_schedule)                       # [x_0, x_1]
+sharp = p_data8[:, None] * q_x1
+sharp = (sharp / sharp.sum(0)).T                               # [x_1, x_0]: q(x_0 | x_1)
+candidates = {"uniform": torch.full((K8, K8), 1 / K8, dtype=F64),
+              "p_data (perfect for t >= 2)": p_data8.expand(K8, K8),
+              "q(x_0 | x_1) (sharp)": sharp}
+print(f"alpha_1 = {long_schedule.alphas[1].item():.7f};  decoder term L_1 in bits per pixel:")
+print(f"{'x0_hat at t = 1':<30}{'eq. 16':>10}{'official':>12}")
+x1_onehot = I8[:, None, :].expand(K8, K8, K8)  # [x_1, x_0, K]: x_1 one-hot, repeated for each x_0
+for name, table in candidates.items():
+    # eq. 16: log p(x_0 | x_1) = log x0_hat[x_1, x_0]; official: eq. 13 at t = 1 with x0_hat.
+    eq16 = log_categorical(I8[None, :, :], table[:, None, :])                    # [x_1, x_0]
+    official = log_categorical(I8[None, :, :], q_posterior(x1_onehot, table[:, None, :], 1, long_schedule))
+    cost = {k: -(p_data8[None, :] * q_x1.T * v).sum().item() / LN2 for k, v in [("eq16", eq16), ("off", official)]}
+    print(f"{name:<30}{cost['eq16']:>10.5f}{cost['off']:>12.5f}")
+
+# %% [markdown]
+# With the official decoder, $L_1$ is nearly free for every denoiser, even a uniform one: $x_1$
+# almost always equals $x_0$ and the decoder reads it off. With eq. 16, $L_1$ is the cross-entropy of
+# the network's softmax, and a network that predicts well for $t \ge 2$ (the middle row) pays the
+# full entropy of the data at $t = 1$. Only a network that is sharp at $t = 1$ gets eq. 16 down
+# to the same value. (The last row also shows the converse: the official decoder with the sharp
+# $\hat x_0$ counts the evidence of $x_1$ twice and does slightly worse. Each decoder has its own ideal
+# $\hat x_0$.)
+#
+# **What this does to reported numbers.** Bounds from different decoders are both valid, but they are
+# not comparable term by term: the official code's reported bits per pixel contain an almost-zero
+# decoder term. In a calibration run on the toy segmentation maps (32 × 32, $K = 8$, $T = 1000$, a
+# 1.7M-parameter U-Net, 10 CPU minutes), the official decoder cost 0.00004 bits per pixel, while
+# eq. 16 with the same network cost 0.116, a third of the whole bound (0.24 versus 0.36 bits per
+# pixel), because the network's softmax was not sharp at $t = 1$. `mdiff_lite` implements eq. 16 as
+# the paper writes it, and gives its denoiser the means to be sharp: the network's logits start from
+# $\log q(x_t \mid x_0 = k)$, the evidence of the observed $x_t$ for each class (notebook 05), so the
+# network learns only a correction. When comparing with the paper's Cityscapes number (0.305 bits per
+# pixel from the official repository), remember which decoder and which estimator produced each.
+
+# %% [markdown]
+# ## Summary
+#
+# - Eq. 3 is Jensen's inequality applied to the sum over paths; the Markov property and Bayes turn it
+#   into a decoder term (eq. 16), one posterior KL per step (eq. 15) and a prior term. Its gap is the KL
+#   from the forward process to the model's posterior over paths.
+# - In a one-pixel world, $\log p(x_0)$ is a sum over $K^T$ paths, or a chain of $T$ matrix products;
+#   the bound held for every denoiser and tightened as the denoiser improved, reaching the data entropy
+#   plus $\mathrm{KL}(q(x_T) \,\|\, \text{uniform})$ at the perfect one.
+# - The perfect $\hat x_0$ for $t \ge 2$ is a prediction that leaves the pixel's own evidence to eq. 13;
+#   eq. 16 at $t = 1$ instead wants the full, sharp posterior. The official decoder avoids that mismatch
+#   and makes $L_1$ almost free; both decoders give valid bounds, but different numbers.
+# - Training (eq. 17) draws one $t$ per example; $L_t / p(t)$ is unbiased for any $p(t) > 0$, and
+#   $p(t) \propto \sqrt{\mathbb{E}[L_t^2]}$ minimises its variance.
+#
+# In the package: `categorical_kl` (eq. 15), `log_categorical` (eq. 16), `prior_kl`, `vlb_terms` (all
+# terms, for evaluation), `training_loss` (eq. 17), `UniformTimeSampler`, `ImportanceTimeSampler`.
+# Notebook 05 trains a real denoiser with them.
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1.** In the one-pixel world above, a denoiser that outputs $\hat x_0 = p_\text{data}$ at
+# *every* $t$, including $t = 1$ with eq. 16, is perfect except for the decoder. How many bits per
+# pixel does its bound cost on average? (Compute it with `reverse_matrices` and `exact_terms`.)
+
+# %%
+answer_1 = None  # your answer here, in bits
+
+# %%
+if answer_1 is None:
+    print("fill in answer_1")
+else:
+    P_check = reverse_matrices(p_data.expand(T + 1, K, K))
+    truth = (p_data @ exact_terms(P_check).sum(1)).item() / LN2
+    print("correct" if abs(answer_1 - truth) < 1e-3 else "not yet")
+
+# %% [markdown]
+# **Exercise 2.** Which schedule change would make the bound of the perfect denoiser equal the data
+# entropy exactly, in this one-pixel world? Set `answer_2` to a schedule (e.g. `make_schedule(...)`
+# with `T = 6`) and the check computes the gap.
+
+# %%
+answer_2 = None  # your answer here, a Schedule with T = 6
+
+# %%
+if answer_2 is None:
+    print("fill in answer_2")
+else:
+    q_xT = p_data @ q_marginal(I, answer_2.T, answer_2)
+    gap = categorical_kl(q_xT, torch.full((K,), 1 / K, dtype=F64)).item()
+    print("correct" if gap < 1e-12 else f"not yet: KL(q(x_T) || uniform) = {gap:.4f} nats")
