@@ -74,7 +74,8 @@ x_prev
 # $x_{t-1}$ gets $\alpha_t + (1 - \alpha_t)/K$ (kept, or resampled back into itself), every other
 # class gets $(1 - \alpha_t)/K$. The entries sum to $\alpha_t + K (1 - \alpha_t)/K = 1$.
 #
-# First the formula by hand, then the coin-flip story by simulation, for $\alpha_t = 0.7$:
+# First the formula by hand, then the coin-flip story by simulation, for $\alpha_t = 0.7$ (the
+# check allows five standard errors per class):
 
 # %%
 alpha = 0.7
@@ -85,8 +86,9 @@ print("eq. 11 by hand:", probs_by_hand.numpy().round(4))
 keep = torch.rand(N_DRAWS, dtype=F64) < alpha
 noise = torch.randint(0, K, (N_DRAWS,))
 x_t = torch.where(keep, torch.tensor(2), noise)
-frequencies = torch.bincount(x_t, minlength=K) / N_DRAWS
-print("simulated:     ", frequencies.numpy().round(4), f"(standard error about {math.sqrt(0.25 / N_DRAWS):.4f})")
+frequencies = torch.bincount(x_t, minlength=K).double() / N_DRAWS
+print("simulated:     ", frequencies.numpy().round(4), f"(standard error at most {math.sqrt(0.25 / N_DRAWS):.4f})")
+assert ((frequencies - probs_by_hand).abs() < 5 * torch.sqrt(probs_by_hand * (1 - probs_by_hand) / N_DRAWS)).all()
 
 # %% [markdown]
 # The package's `q_step(x_prev, t, schedule)` computes eq. 11 for the $\alpha_t$ of a schedule. A
@@ -173,11 +175,12 @@ print(f"Q(0.9) Q(0.8) == Q(0.72): {torch.allclose(transition_matrix(0.9, K) @ tr
 
 # %% [markdown]
 # The package's `q_marginal(x0, t, schedule)` is eq. 12; `schedule.alpha_bars[t]` is $\bar\alpha_t$
-# (precomputed in float64). Both agree with the matrices, and eq. 11 applied $t$ times in a row
-# lands on eq. 12, for a one-hot $x_0$ and for a probability vector alike:
+# (precomputed in float64). It is the running product of $1 - \beta_\tau$, eq. 12 agrees with the
+# matrices, and eq. 11 applied $t$ times in a row lands on eq. 12, for a one-hot $x_0$ and for a
+# probability vector alike:
 
 # %%
-torch.testing.assert_close(schedule.alpha_bars, torch.cumprod(schedule.alphas, 0))
+torch.testing.assert_close(schedule.alpha_bars, torch.cumprod(1 - schedule.betas, 0))  # betas[0] = 0: alpha_bar_0 = 1
 for start in (x0, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)):
     x = start
     for t in range(1, schedule.T + 1):
@@ -196,7 +199,8 @@ print("q_step applied t times == q_marginal == x0 Q(alpha_bar_t) for every t")
 # is eq. 12 read aloud. Note the difference between "survived" ($\bar\alpha_t$) and "equals $x_0$"
 # ($\bar\alpha_t + (1 - \bar\alpha_t)/K$): a resampled class can land on its old value by chance.
 #
-# Simulate the coins of a 50-step schedule for many pixels and count both:
+# Simulate the coins of a 50-step schedule for many pixels and count both; at every $t$ each count
+# must lie within five standard errors of its formula:
 
 # %%
 schedule = make_schedule("hoogeboom-cosine", 50)
@@ -209,6 +213,11 @@ for t in range(1, schedule.T + 1):
     survived &= ~resample
     survived_freq.append(survived.double().mean().item())
     same_freq.append((x == 1).double().mean().item())
+
+for simulated, formula in [(survived_freq, schedule.alpha_bars),
+                           (same_freq, schedule.alpha_bars + schedule.one_minus_alpha_bars / K)]:
+    standard_error = torch.sqrt(formula * (1 - formula) / N_DRAWS)  # 0 at t = 0, where both are exactly 1
+    assert ((torch.tensor(simulated, dtype=F64) - formula).abs() <= 5 * standard_error + 1e-12).all()
 
 ts = torch.arange(schedule.T + 1)
 fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
@@ -265,22 +274,27 @@ plt.show()
 #
 # - `linear`: $\beta_t$ rising linearly, DDPM's $10^{-4} \dots 0.02$ at $T = 1000$;
 # - `cosine`: Nichol & Dhariwal's $\bar\alpha_t = f(t)/f(0)$,
-#   $f(t) = \cos^2\!\big(\frac{t/T + s}{1 + s} \frac{\pi}{2}\big)$, $s = 0.008$;
+#   $f(t) = \cos^2\!\big(\frac{t/T + s}{1 + s} \frac{\pi}{2}\big)$, $s = 0.008$, with each $\beta_t$
+#   clipped at $0.999$ (their choice). The clip bites only at $t = T$, where $f(T) = 0$ would make
+#   $\beta_T = 1$; so $\bar\alpha_T$ is $0.001\, \bar\alpha_{T-1}$ instead of 0;
 # - `hoogeboom-cosine`: the schedule of the official multinomial-diffusion code, the **square root**
 #   of the cosine $\bar\alpha_t$ (with each $\alpha_t$ clipped below at $\sqrt{0.001}$), so it
 #   destroys information more slowly;
 # - `jsd`: $\beta_t = 1/(T - t + 1)$, for which $\bar\alpha_t = 1 - t/T$ exactly;
 # - `constant`: the same $\beta$ at every step, so $\bar\alpha_t = (1 - \beta)^t$ (geometric decay).
 #
-# Two of these claims are identities we can check before plotting:
+# Three of these claims are identities we can check before plotting:
 
 # %%
 T = 1000
 schedules = {name: make_schedule(name, T) for name in SCHEDULE_NAMES}
 t = torch.arange(T + 1, dtype=F64)
+f = torch.cos((t / T + 0.008) / (1 + 0.008) * math.pi / 2) ** 2
+torch.testing.assert_close(schedules["cosine"].alpha_bars[:T], (f / f[0])[:T])  # t = T: the clip, see above
 torch.testing.assert_close(schedules["jsd"].alpha_bars, 1 - t / T)
 torch.testing.assert_close(schedules["hoogeboom-cosine"].alpha_bars, schedules["cosine"].alpha_bars.sqrt())
-print("jsd: alpha_bar_t = 1 - t/T;  hoogeboom-cosine: alpha_bar_t = sqrt(cosine alpha_bar_t)")
+print("cosine: alpha_bar_t = f(t)/f(0) for t < T;  jsd: alpha_bar_t = 1 - t/T;  "
+      "hoogeboom-cosine: alpha_bar_t = sqrt(cosine alpha_bar_t)")
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
@@ -315,7 +329,8 @@ for name, s in schedules.items():
 #   ($\beta_T = 1$);
 # - **constant** has the same $\beta$ throughout, which makes the decay geometric: fast early, slow late.
 #
-# Every schedule here ends with $\bar\alpha_T \le 10^{-3}$, so $x_T$ is uniform to a good approximation.
+# Every schedule here ends with $\bar\alpha_T$ of about $10^{-3}$ or less, so $x_T$ is uniform to a
+# good approximation.
 # With short schedules (small $T$), the choice matters more; notebook 04 lets you drag the sliders.
 
 # %% [markdown]

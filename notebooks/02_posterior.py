@@ -87,10 +87,11 @@ F64 = torch.float64
 #
 # An independent check needs nothing but the definition of conditional probability. For a fixed
 # $x_0 = c$, the joint probability of $(x_{t-1} = j, x_t = i)$ is
-# $[\bar Q_{t-1}]_{c, j}\, [Q_t]_{j, i}$, where $\bar Q_{t-1} = Q_1 \cdots Q_{t-1}$ is the matrix
-# of eq. 12 (notebook 01). Conditioning on $x_t = i$ means taking column $i$ of that joint table
-# and dividing by its sum. Below: eq. 13 by hand (a few visible lines) against the table, for every
-# $t$, every $x_0$ and every $x_t$ of a 10-step schedule with $K = 4$.
+# $[\bar Q_{t-1}]_{c, j}\, [Q_t]_{j, i}$, where $\bar Q_{t-1} = Q_1 \cdots Q_{t-1}$ is the product
+# of the one-step matrices (notebook 01), built here by multiplying them, not from eq. 12.
+# Conditioning on $x_t = i$ means taking column $i$ of that joint table and dividing by its sum.
+# Below: eq. 13 by hand (a few visible lines) against the table, for every $t$, every $x_0$ and
+# every $x_t$ of a 10-step schedule with $K = 4$.
 
 # %%
 K = 4
@@ -98,10 +99,10 @@ schedule = make_schedule("hoogeboom-cosine", 10)
 I, ones = torch.eye(K, dtype=F64), torch.ones(K, K, dtype=F64)
 
 worst = 0.0
+Q_bar_prev = I.clone()  # Q_1 ... Q_{t-1}, the empty product at t = 1
 for t in range(1, schedule.T + 1):
     alpha, abar_prev = schedule.alphas[t].item(), schedule.alpha_bars[t - 1].item()
     Q_t = alpha * I + (1 - alpha) / K * ones               # eq. 11 as a matrix
-    Q_bar_prev = abar_prev * I + (1 - abar_prev) / K * ones  # eq. 12 at t - 1 as a matrix
     for c, i in itertools.product(range(K), range(K)):
         joint = Q_bar_prev[c, :] * Q_t[:, i]                 # q(x_{t-1} = j, x_t = i | x_0 = c), all j
         by_enumeration = joint / joint.sum()
@@ -111,6 +112,7 @@ for t in range(1, schedule.T + 1):
         torch.testing.assert_close(by_formula, by_enumeration)
         torch.testing.assert_close(q_posterior(x_t, x0, t, schedule), by_formula)
         worst = max(worst, (by_formula - by_enumeration).abs().max().item())
+    Q_bar_prev = Q_bar_prev @ Q_t
 print(f"eq. 13 == Bayes by enumeration == q_posterior for all t, x_0, x_t (largest difference {worst:.1e})")
 
 # %% [markdown]
@@ -139,7 +141,10 @@ assert ((frequencies - posterior).abs() < 5 * torch.sqrt(posterior * (1 - poster
 # one: $Q_t = \alpha_t I + (1 - \alpha_t)\, \mathbf{1} m^\top$ (each row is
 # $\alpha_t x_{t-1} + (1 - \alpha_t) m$). Rows still sum to 1, the forward process is still a fine
 # Markov chain, but $Q_t$ is no longer symmetric. Copying eq. 11's row formula with $x_t$ in place
-# of $x_{t-1}$ now gives the wrong likelihood: the right one is the column.
+# of $x_{t-1}$ now gives the wrong likelihood. The right one is the column $x_t = i$ of $Q_t$, as a
+# vector over the candidates $j$ for $x_{t-1}$: $q(x_t = i \mid x_{t-1} = j) = \alpha_t [j = i] +
+# (1 - \alpha_t)\, m_i$, i.e. $\alpha_t e_i + (1 - \alpha_t)\, m_i \mathbf{1}$, the asymmetric
+# version of eq. 13's first bracket. With $m = \mathbf{1}/K$ it is that bracket again.
 
 # %%
 m = torch.tensor([0.7, 0.1, 0.1, 0.1], dtype=F64)
@@ -148,13 +153,16 @@ Q_t = alpha * I + (1 - alpha) * torch.ones(K, 1, dtype=F64) * m        # row j: 
 Q_bar_prev = abar_prev * I + (1 - abar_prev) * torch.ones(K, 1, dtype=F64) * m  # these steps compose as in notebook 01
 print("symmetric:", torch.equal(Q_t, Q_t.T))
 c, i = 0, 1
-joint = Q_bar_prev[c] * Q_t[:, i]
-truth = joint / joint.sum()
-column = Q_t[:, i] * Q_bar_prev[c]                         # likelihood as a function of x_{t-1}: correct
-row = (alpha * I[i] + (1 - alpha) * m) * Q_bar_prev[c]     # "eq. 11 with x_t in place of x_{t-1}": wrong here
-print("Bayes by enumeration:", truth.numpy().round(4))
+joint = Q_bar_prev[c] * Q_t[:, i]                           # q(x_{t-1} = j, x_t = i | x_0 = c), all j
+by_enumeration = joint / joint.sum()
+prior = Q_bar_prev[c]                                       # q(x_{t-1} | x_0 = c)
+column = (alpha * I[i] + (1 - alpha) * m[i]) * prior        # alpha e_i + (1 - alpha) m_i 1: correct
+row = (alpha * I[i] + (1 - alpha) * m) * prior              # "eq. 11 with x_t in place of x_{t-1}": wrong here
+print("Bayes by enumeration:", by_enumeration.numpy().round(4))
 print("column (correct):    ", (column / column.sum()).numpy().round(4))
 print("row (wrong):         ", (row / row.sum()).numpy().round(4))
+torch.testing.assert_close(column / column.sum(), by_enumeration)
+assert not torch.allclose(row / row.sum(), by_enumeration)
 
 # %% [markdown]
 # With uniform resampling ($m = \mathbf{1}/K$) the row and the column coincide, and eq. 13 as written
@@ -169,8 +177,8 @@ print("row (wrong):         ", (row / row.sum()).numpy().round(4))
 # - $x_t = x_0$: the class is most likely untouched, so $x_{t-1} = x_0$ with high probability
 #   (until the last few steps, where $\bar\alpha_{t-1}$ is near 0 and $\beta_t$ near 1, so that
 #   neither bracket says much).
-# - $x_t \ne x_0$: the class was resampled at some step up to $t$. Was it at step $t$ itself (then
-#   $x_{t-1} = x_0$), or earlier (then most likely $x_{t-1} = x_t$)? At $t = 1$ it can only have
+# - $x_t \ne x_0$: the class was resampled at some step up to $t$. Was it first resampled at step
+#   $t$ (then $x_{t-1} = x_0$), or earlier (then most likely $x_{t-1} = x_t$)? At $t = 1$ it can only have
 #   been step 1, so $x_0 = x_{t-1}$ for certain: $q(x_0 \mid x_1, x_0)$ is $x_0$ itself, since
 #   $\bar\alpha_0 = 1$ makes the prior bracket one-hot.
 #
@@ -178,22 +186,22 @@ print("row (wrong):         ", (row / row.sum()).numpy().round(4))
 
 # %%
 schedule = make_schedule("hoogeboom-cosine", 1000)
-K = 8
-x0 = one_hot(torch.tensor(0), K, F64)
+K8 = 8
+x0 = one_hot(torch.tensor(0), K8, F64)
 ts = torch.arange(1, schedule.T + 1)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained", sharey=True)
 for ax, i in zip(axes, (0, 1)):
-    post = q_posterior(one_hot(torch.tensor(i), K, F64), x0, ts, schedule)  # [T, K]
+    post = q_posterior(one_hot(torch.tensor(i), K8, F64), x0, ts, schedule)  # [T, K8]
     ax.semilogx(ts, post[:, 0], color="C0", label=r"$x_{t-1} = x_0$")
     if i != 0:
         ax.semilogx(ts, post[:, i], color="C1", label=r"$x_{t-1} = x_t$")
     ax.semilogx(ts, post[:, 2], color="C2", label=r"$x_{t-1}$ = a given third class")
     ax.set_xlabel("step t (log scale)")
-    ax.set_title(f"x_0 = class 0, x_t = class {i} (K = {K}, hoogeboom-cosine)", fontsize=10)
+    ax.set_title(f"$x_0$ = class 0, $x_t$ = class {i} (K = {K8}, hoogeboom-cosine)", fontsize=10)
     ax.legend(fontsize=8)
 axes[0].set_ylabel(r"$q(x_{t-1} \mid x_t, x_0)$")
 plt.show()
-torch.testing.assert_close(q_posterior(one_hot(torch.tensor(1), K, F64), x0, 1, schedule), x0)
+torch.testing.assert_close(q_posterior(one_hot(torch.tensor(1), K8, F64), x0, 1, schedule), x0)
 
 # %% [markdown]
 # ## Eq. 14: the model's reverse step
@@ -212,10 +220,13 @@ torch.testing.assert_close(q_posterior(one_hot(torch.tensor(1), K, F64), x0, 1, 
 # $\theta_\text{post}$ is non-negative and sums to 1, whatever the network outputs. No constraint
 # on the network is needed beyond a softmax.
 #
-# **What $\hat x_0$ does there.** $\tilde\theta$ is linear in its second argument, so
-# $\tilde\theta(x_t, \hat x_0) = \sum_c \hat x_{0,c}\, \tilde\theta(x_t, e_c)$, where $e_c$ is the
-# one-hot vector of class $c$. Each $\tilde\theta(x_t, e_c)$ sums to $q(x_t \mid x_0 = c)$ (the
-# normaliser of eq. 13). Normalising therefore gives a **mixture of exact posteriors**:
+# **What $\hat x_0$ does there.** $\tilde\theta$ is affine in its second argument (the prior
+# bracket is $\bar\alpha_{t-1} \hat x_0$ plus a constant), and an affine map preserves averages whose
+# weights sum to 1. Since $\hat x_0 = \sum_c \hat x_{0,c}\, e_c$, where $e_c$ is the one-hot vector
+# of class $c$, and $\sum_c \hat x_{0,c} = 1$, this gives
+# $\tilde\theta(x_t, \hat x_0) = \sum_c \hat x_{0,c}\, \tilde\theta(x_t, e_c)$ (without the sum
+# to 1, the constant part would be counted the wrong number of times). Each $\tilde\theta(x_t, e_c)$
+# sums to $q(x_t \mid x_0 = c)$ (the normaliser of eq. 13). Normalising therefore gives a **mixture of exact posteriors**:
 #
 # $$\theta_\text{post}(x_t, \hat x_0) = \sum_c w_c\, \theta_\text{post}(x_t, e_c), \qquad
 # w_c \propto \hat x_{0,c}\; q(x_t \mid x_0 = c).$$
@@ -227,7 +238,7 @@ torch.testing.assert_close(q_posterior(one_hot(torch.tensor(1), K, F64), x0, 1, 
 
 # %%
 schedule = make_schedule("hoogeboom-cosine", 50)
-K, t = 4, 20
+t = 20  # K = 4 and I = eye(4) from the enumeration above
 alpha, abar_prev = schedule.alphas[t].item(), schedule.alpha_bars[t - 1].item()
 x_t = one_hot(torch.tensor(2), K, F64)
 x0_hat = torch.softmax(torch.tensor([1.5, -0.3, 0.2, 0.9], dtype=F64), 0)
@@ -264,7 +275,8 @@ print("t = 1, eq. 13 with x0_hat:", (decoder / decoder.sum()).numpy().round(5), 
 # ## Log space, for training
 #
 # Training evaluates eq. 13 millions of times in float32, where the smallest $\beta_t$ of long
-# schedules ($\sim 10^{-6}$) would lose most of their digits next to 1. The package therefore also
+# schedules ($2 \times 10^{-5}$ for hoogeboom-cosine at $T = 1000$, $5 \times 10^{-6}$ at the
+# paper's $T = 4000$) would lose most of their digits next to 1. The package therefore also
 # has a log-space version, `log_q_posterior`, which takes class indices for $x_t$ and either class
 # indices or log-probabilities for $x_0$. It agrees with the probability-space formula:
 
@@ -294,19 +306,20 @@ print("log_q_posterior agrees with q_posterior, with x_0 and with x0_hat")
 
 # %%
 schedule = make_schedule("cosine", 8)
-K = 3
-I = torch.eye(K, dtype=F64)
+K3 = 3
+I3 = torch.eye(K3, dtype=F64)
 for t in range(1, schedule.T + 1):
     for s in range(t):
-        between = torch.eye(K, dtype=F64)
+        between = torch.eye(K3, dtype=F64)
         for tau in range(s + 1, t + 1):
             a = schedule.alphas[tau].item()
-            between = between @ (a * I + (1 - a) / K)
+            between = between @ (a * I3 + (1 - a) / K3)
         abar_s = schedule.alpha_bars[s].item()
-        for c, i in itertools.product(range(K), range(K)):
-            joint = (abar_s * I[c] + (1 - abar_s) / K) * between[:, i]
-            torch.testing.assert_close(q_posterior_skip(I[i], I[c], t, s, schedule), joint / joint.sum())
-    torch.testing.assert_close(q_posterior_skip(I[1], I[0], t, t - 1, schedule), q_posterior(I[1], I[0], t, schedule))
+        for c, i in itertools.product(range(K3), range(K3)):
+            joint = (abar_s * I3[c] + (1 - abar_s) / K3) * between[:, i]
+            torch.testing.assert_close(q_posterior_skip(I3[i], I3[c], t, s, schedule), joint / joint.sum())
+    torch.testing.assert_close(q_posterior_skip(I3[1], I3[0], t, t - 1, schedule),
+                               q_posterior(I3[1], I3[0], t, schedule))
 print("q_posterior_skip == Bayes over Q_{s+1} ... Q_t for every s < t; s = t - 1 is eq. 13")
 
 # %% [markdown]
