@@ -8,8 +8,8 @@ a class has not been resampled in the first ``t`` steps (eq. 12).
 Every buffer has length ``T + 1`` and is indexed by ``t`` itself, so ``alpha_bars[t]`` is
 ``alpha_bar_t`` of the paper and ``betas[0] = 0``, ``alpha_bars[0] = 1`` describe "no noise yet".
 The official code stores 0-based arrays whose entry ``i`` belongs to time ``i + 1``; indexing by
-``t`` removes that off-by-one. Buffers are float64: at T = 4000 the first betas are near 1e-7,
-and ``1 - alpha`` or ``log(1 - alpha_bar)`` computed in float32 would lose most of their digits.
+``t`` removes that off-by-one. Buffers are float64: at T = 4000 the first betas are about 5e-6 (hoogeboom-cosine; the tests
+go down to 1e-7 with a linear schedule), and ``1 - alpha`` or ``log(1 - alpha_bar)`` computed in float32 would lose most of their digits.
 
 Taught in notebook 01 (forward process); the widgets of notebook 04 plot these buffers.
 """
