@@ -5,7 +5,7 @@ decays over the budget), then its bound is evaluated with all T terms on test ma
 toy maps the table gives the ratio to the true entropy, the floor no model can beat; on
 digits it compares with the uniform model's log2(17) = 4.09 bits per pixel.
 
-    python benchmarks/quality.py [--budgets 2.5,10] [--digits-budget 3] [--eval-maps 256] [--json PATH]
+    python benchmarks/quality.py [--budgets 2.5,10] [--compare bayes-all:2.5] [--digits-budget 3] [--eval-maps 256] [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters  # noqa
 from mdiff_lite.train import TrainConfig, fit, pick_device  # noqa: E402
 
 
-# A second architecture for comparison: pixels folded 2 x 2 instead of 4 x 4 (finer features,
-# about three times the cost per step).
-FOLD2 = {"fold": 2, "channels": (48, 96, 96)}
+# Variants of the toy default for comparison (--compare NAME:MINUTES):
+# fold2: pixels folded 2 x 2 instead of 4 x 4 (finer features, about twice the cost per step);
+# bayes-all: the Bayes term log q(x_t | x_0 = k) in the logits at every t, not only at t = 1.
+VARIANTS = {"fold2": {"fold": 2, "channels": (48, 96, 96)}, "bayes-all": {"bayes_logits": "all"}}
 
 
 def run(name: str, minutes: float, device, T: int, eval_maps: int, seed: int, model: dict | None = None) -> dict:
@@ -44,7 +45,8 @@ def run(name: str, minutes: float, device, T: int, eval_maps: int, seed: int, mo
     result = evaluate_bound(model, make_schedule(**config.schedule), test, progress=True)
     entropy = getattr(ds, "entropy_bits_per_pixel", None)
     return {
-        "dataset": name, "model": f"fold {config.fold}, channels {'/'.join(map(str, config.channels))}",
+        "dataset": name, "model": f"fold {config.fold}, channels {'/'.join(map(str, config.channels))}, "
+                                  f"Bayes term: {config.bayes_logits}",
         "budget_minutes": minutes, "steps": history["step"][-1],
         "train_seconds": history["seconds"][-1], "parameters": count_parameters(model), "T": T,
         "test_bpd": result["bpd"], "stderr": result["stderr"], "bound": result["bound"],
@@ -60,8 +62,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="2.5,10", help="toy-segmentation budgets in minutes")
     parser.add_argument("--digits-budget", type=float, default=3.0, help="minutes; 0 to skip digits")
-    parser.add_argument("--fold2-budget", type=float, default=0.0,
-                        help="minutes for the fold-2 comparison model on the toy maps; 0 to skip")
+    parser.add_argument("--compare", default="", help="comma-separated NAME:MINUTES of toy-map variants of the "
+                        f"default to train too; NAME in {', '.join(VARIANTS)}")
     parser.add_argument("--eval-maps", type=int, default=256)
     parser.add_argument("--T", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -70,19 +72,23 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     rows = [run("toyseg", float(b), device, args.T, args.eval_maps, args.seed) for b in args.budgets.split(",") if b]
-    if args.fold2_budget:
-        rows.append(run("toyseg", args.fold2_budget, device, args.T, args.eval_maps, args.seed, FOLD2))
+    for item in filter(None, args.compare.split(",")):
+        name, _, minutes = item.partition(":")
+        if name not in VARIANTS or not minutes:
+            parser.error(f"--compare takes NAME:MINUTES with NAME in {', '.join(VARIANTS)}, got {item!r}")
+        overrides = {**MODEL_DEFAULTS["toyseg"], **VARIANTS[name]}
+        rows.append(run("toyseg", float(minutes), device, args.T, args.eval_maps, args.seed, overrides))
     if args.digits_budget:
         rows.append(run("digits", args.digits_budget, device, args.T, args.eval_maps, args.seed))
     result = {"benchmark": "quality", **environment(device), "rows": rows}
     print(f"\nTest bits per pixel against training budget, {device} ({result['device_name']}), "
           f"{torch.get_num_threads()} threads; bound: all T = {args.T} terms, +- one standard error over maps")
-    print(f"{'dataset':<8} {'model':<26} {'budget':>7} {'steps':>6} {'test bpd':>17} {'test maps':>9} "
+    print(f"{'dataset':<8} {'model':<48} {'budget':>7} {'steps':>6} {'test bpd':>17} {'test maps':>9} "
           f"{'entropy':>8} {'ratio':>6}")
     for r in rows:
         entropy = f"{r['entropy_bits_per_pixel']:.4f}" if r["entropy_bits_per_pixel"] else "-"
         ratio = f"{r['ratio_to_entropy']:.2f}x" if r["ratio_to_entropy"] else "-"
-        print(f"{r['dataset']:<8} {r['model']:<26} {r['budget_minutes']:>5.1f} m {r['steps']:>6} "
+        print(f"{r['dataset']:<8} {r['model']:<48} {r['budget_minutes']:>5.1f} m {r['steps']:>6} "
               f"{r['test_bpd']:>8.4f} +- {r['stderr']:.4f} {r['n_images']:>9} {entropy:>8} {ratio:>6}")
     write_json(args.json or Path(__file__).parent / "results" / f"quality_{device.type}.json", result)
     return result

@@ -11,14 +11,20 @@ Three choices make it small and fast enough for a laptop CPU:
   ``benchmarks/quality.py`` finds that ``fold = 2`` (channels 48/96/96) reaches a lower bound
   in the same 10 CPU minutes (the README's results table); the default awaits that change and
   a retrained shipped checkpoint.
-- **Bayes as a starting point.** The logits are ``log q(x_t | x_0 = k) + correction``: the first
-  term is what the observed ``x_t`` alone says about each candidate class ``k`` (eq. 12 read as a
-  likelihood of ``x_0``), the network only learns the correction (the prior over maps). At small
-  t the first term is already sharp (``x_t`` is almost surely ``x_0``), which the decoder term of
-  eq. 16 needs: without it a network must learn to copy its input with near-certainty, and in a
-  calibration run it did not, which cost a third of the whole bound. The last layer starts at
-  zero, so an untrained network is exactly this Bayesian posterior under a uniform prior over
-  classes.
+- **Bayes at the decoder.** At ``t = 1`` the logits are ``log q(x_1 | x_0 = k) + correction``:
+  the first term is what the observed ``x_1`` alone says about each candidate class ``k`` (eq. 12
+  read as a likelihood of ``x_0``), sharp because ``x_1`` is almost surely ``x_0``. The decoder of
+  eq. 16 *is* ``x0_hat`` at ``t = 1``, so its best value is the full posterior of ``x_0`` given
+  ``x_1``, own pixel included; a network without the term must learn to copy its input with
+  near-certainty, and in a calibration run it did not, which cost a third of the whole bound.
+  At ``t >= 2`` the term is left out (``bayes_logits="decoder"``, the default): eq. 14 multiplies
+  ``x0_hat`` by the same likelihood of the pixel's own ``x_t`` again (eq. 13's first factor), so the
+  best ``x0_hat`` there predicts a pixel from the *other* pixels, and adding the term would count
+  the pixel's own evidence twice, leaving the network to learn to take it out. Measured
+  (``python benchmarks/quality.py --compare bayes-all:2.5``): the README's results table.
+  ``bayes_logits="all"`` adds the term at every t (the design of the first shipped models),
+  ``"none"`` never. The last layer starts at zero, so an untrained network at ``t = 1`` is exactly
+  the Bayesian posterior under a uniform prior over classes, and at ``t >= 2`` the uniform guess.
 - **Attention** only at the lowest resolution, where it is cheap and links the far sides of
   the map.
 
@@ -37,6 +43,8 @@ from torch.nn import functional as F
 from .schedules import make_schedule
 
 __all__ = ["DenoiserConfig", "Denoiser", "count_parameters", "check_schedule_matches"]
+
+BAYES_LOGITS = ("decoder", "all", "none")
 
 
 @dataclass
@@ -57,10 +65,17 @@ class DenoiserConfig:
     embed_dim: int = 32  # width of the sinusoidal time embedding
     attention: bool = True
     groups: int = 8
-    bayes_logits: bool = True
+    bayes_logits: str = "decoder"  # where to add log q(x_t | x_0 = k): "decoder" (t = 1), "all", "none"
     dropout: float = 0.0
 
+    def __post_init__(self):
+        # Checkpoints of the first models stored a bool: True meant at every t.
+        if isinstance(self.bayes_logits, bool):
+            self.bayes_logits = "all" if self.bayes_logits else "none"
+
     def validate(self) -> None:
+        if self.bayes_logits not in BAYES_LOGITS:
+            raise ValueError(f"bayes_logits must be one of {', '.join(BAYES_LOGITS)}, got {self.bayes_logits!r}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         scale = self.fold * 2 ** (len(self.channels) - 1)
@@ -213,8 +228,12 @@ class Denoiser(nn.Module):
         if cfg.fold > 1:
             h = F.pixel_shuffle(h, cfg.fold)
         logits = h.permute(0, 2, 3, 1)
-        if cfg.bayes_logits:  # added in float32 even under autocast: the term is large and exact
+        # Added in float32 even under autocast: the term is large and exact.
+        if cfg.bayes_logits == "all":
             logits = logits.float() + self.bayes_logits(x_t, t)
+        elif cfg.bayes_logits == "decoder":
+            at_one = (t == 1).view(-1, 1, 1, 1)
+            logits = logits.float() + torch.where(at_one, self.bayes_logits(x_t, t), 0.0)
         return logits
 
 

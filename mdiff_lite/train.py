@@ -171,8 +171,12 @@ def update_meta(path, **fields) -> dict:
 
 
 def _load_weights_into(model: Denoiser, weights: dict, meta: dict, source) -> None:
-    saved = meta.get("model_config", {})
     mine = model.config.to_dict()
+    saved = meta.get("model_config", {})
+    try:  # compare in today's form (defaults filled in, old spellings converted)
+        saved = DenoiserConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        pass
     differences = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
     if differences:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(differences.items()))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mdiff_lite.cli import main
 from mdiff_lite.train import load_checkpoint
@@ -25,7 +26,7 @@ def test_train_eval_sample_export(tmp_path, capsys):
     assert meta["test_bpd_estimate_n_images"] == 6
     capsys.readouterr()
 
-    main(["eval", str(ckpt), "--json", "--n", "5", "--device", "cpu"])
+    main(["eval", str(ckpt), "--json", "--n", "5", "--device", "cpu", "--threads", str(torch.get_num_threads())])
     result = json.loads(capsys.readouterr().out)
     assert {"test_bpd", "stderr", "bound", "n_images", "T"} <= set(result)
     assert result["n_images"] == 5 and result["T"] == 10 and result["test_bpd"] > 0
@@ -46,3 +47,6 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert info.value.code == 2 and "no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", "cityscapes", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(tmp_path / "missing.pt"), "--threads", "0"])
+    assert info.value.code == 2 and "--threads" in capsys.readouterr().err

@@ -26,10 +26,12 @@ def test_sizes_and_folds(height, width, fold, K):
     assert out.shape == (2, height, width, K)
 
 
-def test_untrained_denoiser_is_the_bayes_posterior_under_a_uniform_prior():
-    # The last layer starts at zero, so x0_hat(k) ∝ q(x_t | x_0 = k), computed here from eq. 12.
+@pytest.mark.parametrize("where", ["all", "decoder"])
+def test_untrained_denoiser_is_the_bayes_posterior_under_a_uniform_prior(where):
+    # The last layer starts at zero, so x0_hat(k) ∝ q(x_t | x_0 = k), computed here from eq. 12,
+    # at every t ("all") or at t = 1 only ("decoder"; uniform at t >= 2).
     K, T = 5, 50
-    model = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, **SMALL))
+    model = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, bayes_logits=where, **SMALL))
     s = make_schedule("hoogeboom-cosine", T)
     x_t = torch.randint(0, K, (4, 8, 8))
     t = torch.tensor([1, 10, 30, 50])
@@ -37,7 +39,10 @@ def test_untrained_denoiser_is_the_bayes_posterior_under_a_uniform_prior():
     likelihood = torch.stack([q_marginal(one_hot(torch.full_like(x_t, k), K, torch.float64),
                                          t.view(4, 1, 1), s).gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
                               for k in range(K)], -1)
-    torch.testing.assert_close(x0_hat, likelihood / likelihood.sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    expected = likelihood / likelihood.sum(-1, keepdim=True)
+    if where == "decoder":
+        expected[1:] = 1 / K
+    torch.testing.assert_close(x0_hat, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bayes_term_makes_the_decoder_cheap_from_the_start():
@@ -47,7 +52,7 @@ def test_bayes_term_makes_the_decoder_cheap_from_the_start():
     x0 = torch.randint(0, K, (4, 8, 8))
     s = make_schedule("hoogeboom-cosine", 50)
     with_bayes = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, **SMALL))
-    without = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, bayes_logits=False, **SMALL))
+    without = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=1, bayes_logits="none", **SMALL))
     with torch.no_grad():
         cheap = vlb_terms(with_bayes, x0, s)[:, 0].mean() / 64
         costly = vlb_terms(without, x0, s)[:, 0].mean() / 64
@@ -63,5 +68,10 @@ def test_config_round_trip_and_validation():
         DenoiserConfig(num_classes=1, height=32, width=32).validate()
     with pytest.raises(ValueError, match="unknown"):
         DenoiserConfig.from_dict({**cfg.to_dict(), "depth": 3})
+    with pytest.raises(ValueError, match="bayes_logits"):
+        DenoiserConfig(num_classes=8, height=32, width=32, bayes_logits="sometimes").validate()
+    # The first checkpoints stored a bool.
+    assert DenoiserConfig.from_dict({**cfg.to_dict(), "bayes_logits": True}).bayes_logits == "all"
+    assert DenoiserConfig.from_dict({**cfg.to_dict(), "bayes_logits": False}).bayes_logits == "none"
     with pytest.raises(ValueError, match="groups"):
         DenoiserConfig(num_classes=8, height=32, width=32, channels=(20, 40, 40)).validate()
