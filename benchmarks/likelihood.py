@@ -21,6 +21,7 @@ Pin one core for a fair comparison while other work runs: ``taskset -c 0 python 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -115,6 +116,10 @@ def markdown(result: dict) -> str:
     for name, entropy in result["entropy"].items():
         if entropy:
             lines.append(f"\nTrue entropy of {name}: {entropy:.4f} bits per pixel (exact).")
+    reused = sorted({r["from_run"] for r in result["rows"] if r.get("from_run")})
+    if reused:
+        lines.append(f"\nThe flow rows come from an earlier run with the same settings ({', '.join(reused)}); "
+                     "the diffusion rows were trained by this one.")
     for p in result["permutation"]:
         lines.append(f"Permuting the labels of {p['dataset']} changes {p['model']} by {p['relative_change']:+.1%} "
                      f"({p['original']:.4f} -> {p['permuted']:.4f}, {p['bound']}).")
@@ -135,6 +140,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--save-dir", help="write every trained model here (the shipped baselines come from it)")
+    parser.add_argument("--flows-from", metavar="JSON",
+                        help="take the flow rows from an earlier run's JSON (same settings) and train only the "
+                             "diffusion models, e.g. after a change to the denoiser")
     parser.add_argument("--json", help="default: benchmarks/results/likelihood_<device>.json")
     parser.add_argument("--markdown", help="default: the JSON's path with .md")
     parser.add_argument("--fast", action="store_true", help="tiny models, a few steps, T = 10 (for tests)")
@@ -157,16 +165,35 @@ def main(argv=None) -> dict:
     if args.digits_minutes:
         plan += [("digits", False, "diffusion")] + [("digits", False, k) for k in kinds["digits"]]
 
+    settings = {"minutes": args.minutes, "digits_minutes": args.digits_minutes, "T": args.T, "k": args.k,
+                "eval_maps": args.eval_maps, "seed": args.seed, "fast": args.fast}
+    earlier = {}
+    if args.flows_from:
+        previous = json.loads(Path(args.flows_from).read_text())
+        differs = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if differs:
+            parser.error(f"{args.flows_from} was run with other settings: {differs}")
+        earlier = {(r["dataset"], r["permuted"], r["kind"]): r for r in previous["rows"] if r["kind"] != "diffusion"}
+    json_path = Path(args.json or Path(__file__).parent / "results" / f"likelihood_{device.type}.json")
+
     rows, entropy, start = [], {}, time.perf_counter()
     for i, (name, permuted, kind) in enumerate(plan):
         ds = dataset_by_name(name, permute_seed=PERMUTE_SEED if permuted else None)
         base = getattr(ds, "base", ds)
         entropy[name] = getattr(base, "entropy_bits_per_pixel", None)
         print(f"[{i + 1}/{len(plan)}] {name}{' (labels permuted)' if permuted else ''}: {kind}", flush=True)
+        if kind != "diffusion" and args.flows_from:
+            if (name, permuted, kind) not in earlier:
+                parser.error(f"{args.flows_from} has no row for {name}, permuted={permuted}, {kind}")
+            rows.append(dict(earlier[(name, permuted, kind)], from_run=args.flows_from))
+            continue
         row = (run_diffusion(ds, name, permuted, args, device) if kind == "diffusion"
                else run_flow(ds, name, kind, permuted, args, device))
         rows.append({"dataset": name, "permuted": permuted, "entropy": entropy[name],
                      "n_test_maps": min(args.eval_maps, len(ds.split("test"))), **row})
+        # Keep what is done: an interrupted run leaves its finished rows (marked incomplete).
+        write_json(json_path, {"benchmark": "likelihood", **environment(device), **settings, "complete": False,
+                               "rows": rows})
 
     permutation = []
     for kind in ("diffusion", "ordinal"):
@@ -177,13 +204,11 @@ def main(argv=None) -> dict:
                                 "original": a["bpd"], "permuted": b["bpd"],
                                 "relative_change": b["bpd"] / a["bpd"] - 1,
                                 "change_in_stderrs": (b["bpd"] - a["bpd"]) / math.hypot(a["stderr"], b["stderr"])})
-    result = {"benchmark": "likelihood", **environment(device), "minutes": args.minutes,
-              "digits_minutes": args.digits_minutes, "T": args.T, "k": args.k, "fast": args.fast,
-              "permute_seed": PERMUTE_SEED, "entropy": entropy, "rows": rows, "permutation": permutation,
-              "total_seconds": time.perf_counter() - start}
+    result = {"benchmark": "likelihood", **environment(device), **settings, "complete": True,
+              "command": " ".join(["python"] + sys.argv), "permute_seed": PERMUTE_SEED, "entropy": entropy,
+              "rows": rows, "permutation": permutation, "total_seconds": time.perf_counter() - start}
     table = markdown(result)
     print("\n" + table)
-    json_path = Path(args.json or Path(__file__).parent / "results" / f"likelihood_{device.type}.json")
     write_json(json_path, result)
     md_path = Path(args.markdown or json_path.with_suffix(".md"))
     md_path.write_text(table)

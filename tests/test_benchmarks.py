@@ -38,3 +38,17 @@ def test_data_stats_writes_json_and_pictures(tmp_path):
                              "--n-score", "50", "--repeats", "1"])
     assert json.loads((tmp_path / "d.json").read_text())["toy"]
     assert (tmp_path / "toyseg_samples.png").stat().st_size > 1000
+
+
+def test_likelihood_reuses_flow_rows_and_refuses_other_settings(tmp_path):
+    likelihood = load("likelihood")
+    first = likelihood.main(["--fast", "--quiet", "--device", "cpu", "--digits-minutes", "0", "--kinds", "ordinal",
+                             "--json", str(tmp_path / "a.json")])
+    again = likelihood.main(["--fast", "--quiet", "--device", "cpu", "--digits-minutes", "0", "--kinds", "ordinal",
+                             "--json", str(tmp_path / "b.json"), "--flows-from", str(tmp_path / "a.json")])
+    flows = lambda result: [r for r in result["rows"] if r["kind"] != "diffusion"]  # noqa: E731
+    assert [r["bounds"] for r in flows(again)] == [r["bounds"] for r in flows(first)]
+    assert all(r["from_run"] for r in flows(again)) and "earlier run" in (tmp_path / "b.md").read_text()
+    with pytest.raises(SystemExit):
+        likelihood.main(["--fast", "--quiet", "--device", "cpu", "--digits-minutes", "0", "--kinds", "ordinal",
+                         "--seed", "1", "--json", str(tmp_path / "c.json"), "--flows-from", str(tmp_path / "a.json")])
