@@ -1,0 +1,38 @@
+"""The README is the front door: its results table is the benchmark's own output, its notebook
+table lists every notebook with the time and memory its committed run recorded, and what it links
+to exists."""
+
+import re
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def between(name):
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", README, re.S)
+    assert match, f"README lacks the {name} block"
+    return match.group(1)
+
+
+def test_likelihood_table_is_the_benchmarks_output():
+    assert between("likelihood") == (ROOT / "benchmarks/results/likelihood_cpu.md").read_text().strip()
+
+
+def test_notebook_table_matches_the_committed_runs():
+    rows = between("notebooks").splitlines()
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(rows) == len(notebooks) == 6
+    for row, path in zip(rows, notebooks):
+        info = nbformat.read(path, as_version=4).metadata["mdiff_lite"]
+        assert f"`{path.stem}`" in row
+        assert f"{info['seconds']:.0f} s, {info['peak_memory_bytes'] / 2**20:.0f} MiB" in row
+        assert info["seconds"] <= 600 and info["peak_memory_bytes"] <= 1.5 * 2**30, "full mode: 10 min, 1.5 GB"
+
+
+def test_links_and_pictures_exist():
+    for target in re.findall(r"\]\(((?!https?://)[^)#]+)\)", README):
+        assert (ROOT / target).exists(), f"README links to a missing {target}"
+    assert "mybinder.org/badge_logo.svg" in README and "urlpath=lab/tree/notebooks/" in README
