@@ -54,20 +54,18 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
     notebook = read_source(path)
     digest = source_hash(notebook)
     notebook.cells.append(nbformat.v4.new_code_cell(_PEAK_MEMORY_CELL))
-    env = dict(os.environ, MDIFF_SMOKE="1" if smoke else "0")
-    previous = {k: os.environ.get(k) for k in ("MDIFF_SMOKE",)}
-    os.environ.update(MDIFF_SMOKE=env["MDIFF_SMOKE"])  # the kernel inherits this process's environment
+    previous = os.environ.get("MDIFF_SMOKE")
+    os.environ["MDIFF_SMOKE"] = "1" if smoke else "0"  # the kernel inherits this process's environment
     start = time.perf_counter()
     try:
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         client.execute()
     finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if previous is None:
+            del os.environ["MDIFF_SMOKE"]
+        else:
+            os.environ["MDIFF_SMOKE"] = previous
     seconds = time.perf_counter() - start
     # nbclient raises on a failing cell, not on an error a hook prints afterwards (matplotlib's draw)
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -77,7 +75,6 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
     peak = int("".join(o.get("text", "") for o in memory_cell.outputs).strip() or 0)
     info = {"source_sha256": digest, "smoke": smoke, "seconds": round(seconds, 1), "peak_memory_bytes": peak}
     notebook.metadata["mdiff_lite"] = info
-    notebook.metadata.pop("jupytext", None)
     notebook.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
     target = (Path(out) if out else path.parent) / (path.stem + ".ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)

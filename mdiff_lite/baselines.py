@@ -55,9 +55,11 @@ pixel against the true entropy, with and without permuted labels).
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .diffusion import bits_per_dim
+from .train import _atomic_save, load_checkpoint
 
 __all__ = ["KINDS", "DequantizationFlow", "preprocess", "preprocess_inverse", "fit_flow", "evaluate_flow",
            "save_flow", "load_flow", "pretrained_flow_path", "load_pretrained_flow"]
@@ -604,10 +607,6 @@ def evaluate_flow(model: DequantizationFlow, maps: torch.Tensor, *, k: int = 1, 
 def save_flow(path, model: DequantizationFlow, meta: dict | None = None, *,
               weights_dtype: torch.dtype = torch.float32) -> None:
     """Write the flow's weights and ``meta`` (JSON-able; the flow's config is added) atomically."""
-    import json
-
-    from .train import _atomic_save
-
     if not isinstance(model, DequantizationFlow):
         raise TypeError(f"model must be a DequantizationFlow, got {type(model).__name__}")
     weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
@@ -617,8 +616,6 @@ def save_flow(path, model: DequantizationFlow, meta: dict | None = None, *,
 
 def load_flow(path, device=None) -> tuple[DequantizationFlow, dict]:
     """Rebuild a flow saved by :func:`save_flow`, in eval mode: ``(model, meta)``."""
-    from .train import load_checkpoint
-
     weights, meta, _ = load_checkpoint(path)
     if "flow_config" not in meta:
         raise ValueError(f"{path} holds no dequantization flow (no flow_config in its metadata); "
@@ -634,8 +631,6 @@ def load_flow(path, device=None) -> tuple[DequantizationFlow, dict]:
 
 def pretrained_flow_path(dataset: str, kind: str):
     """Where the shipped baseline for ``dataset`` (``"toyseg"``, ``"digits"``) and ``kind`` lies."""
-    from pathlib import Path
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(__file__).resolve().parent / "pretrained" / f"flow_{dataset}_{kind}.pt"

@@ -163,6 +163,13 @@ def cmd_export(args) -> None:
           f"python -m mdiff_lite eval {args.to} --update")
 
 
+def _threads(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mdiff_lite", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimiser steps (default 2000, or no limit with --minutes)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; training stops at whichever comes first")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU; or $MDIFF_DEVICE), cpu, cuda, mps")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--out", required=True, help="checkpoint path; an existing one is resumed unless --no-resume")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--T", type=int, default=1000)
@@ -198,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--update", action="store_true", help="record the result in the checkpoint's metadata")
     p.set_defaults(func=cmd_eval)
 
@@ -223,10 +230,7 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if getattr(args, "threads", None):
-        if args.threads < 1:
-            print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-            sys.exit(2)
+    if getattr(args, "threads", None) is not None:
         torch.set_num_threads(args.threads)
     try:
         args.func(args)
