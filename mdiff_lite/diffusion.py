@@ -33,7 +33,7 @@ from .schedules import Schedule
 __all__ = [
     "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
     "sample_categorical", "sample_index", "one_hot", "bits_per_dim",
-    "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss",
+    "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss", "x0_nll",
     "UniformTimeSampler", "ImportanceTimeSampler",
 ]
 
@@ -554,7 +554,7 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
 
 def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
                   num_classes: int | None = None, generator: torch.Generator | None = None,
-                  reduction: str = "mean") -> torch.Tensor:
+                  reduction: str = "mean", with_x0_nll: bool = False):
     """Eq. 17: the training objective, an unbiased one-sample estimate of ``-(eq. 3)``.
 
     For each example a time ``t ~ p(t)`` is drawn by ``t_sampler`` and the loss is
@@ -568,8 +568,11 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
         t_sampler: a :class:`UniformTimeSampler` or :class:`ImportanceTimeSampler` with the
             schedule's ``T``.
         reduction: ``"mean"`` (over the batch) or ``"none"`` (one estimate per example).
+        with_x0_nll: also return, at the same draws, ``-log p(x_0 | x_t)`` under the model's own
+            posterior over x_0 (see :func:`x0_nll`), for an auxiliary loss.
     Returns:
-        nats per example: a scalar (the batch mean), or ``[B]`` with ``reduction="none"``.
+        nats per example: a scalar (the batch mean), or ``[B]`` with ``reduction="none"``;
+        with ``with_x0_nll``, a pair ``(estimate, x0_nll)`` reduced alike.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -586,7 +589,42 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
     t_sampler.update(t, L_t.detach())
     prior = prior_kl(x0, schedule, K).to(L_t.dtype)
     estimate = L_t / p_t.to(L_t.dtype) + prior
-    return estimate.mean() if reduction == "mean" else estimate
+    reduce = (lambda v: v.mean()) if reduction == "mean" else (lambda v: v)
+    if with_x0_nll:
+        return reduce(estimate), reduce(_x0_nll(log_x0_hat, x0, x_t, t, schedule, K))
+    return reduce(estimate)
+
+
+def _x0_nll(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
+    """-log p(x_0 | x_t) per example (nats, summed over dimensions) under the model's posterior
+    ``x0_hat * q(x_t | x_0), normalised`` for t >= 2, and eq. 16 (x0_hat itself) at t = 1."""
+    B = x0.shape[0]
+    t_b = t.view((B,) + (1,) * (x0.ndim - 1))
+    log_lik = _log_onehot_mix(x_t, _coef(schedule, "log_alpha_bars", t_b, log_x0_hat.dtype, axis=1),
+                              _coef(schedule, "log_one_minus_alpha_bars", t_b, log_x0_hat.dtype, axis=1), K)
+    log_post = torch.log_softmax(log_x0_hat + torch.where(t_b.unsqueeze(1) == 1, 0.0, log_lik), 1)
+    return -log_post.gather(1, x0.unsqueeze(1)).reshape(B, -1).sum(1)
+
+
+def x0_nll(denoiser, x0: torch.Tensor, t, schedule: Schedule, *, num_classes: int | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """How well the denoiser predicts x_0 from x_t: ``-log p(x_0 | x_t)`` in nats per example,
+    summed over its dimensions, at a fresh ``x_t ~ q(x_t | x_0)``.
+
+    Under eq. 14 the model's belief about x_0 given x_t is ``x0_hat * q(x_t | x_0)``,
+    normalised over x_0 (its prediction times what the pixel's own x_t says), and at its best it
+    is the true posterior ``q(x_0 | x_t)`` of each pixel; the KL of eq. 15 is minimised by the
+    same ``x0_hat``. So this cross-entropy is a denser training signal with the same optimum
+    (D3PM's auxiliary loss, Austin et al. 2021, taken through the model's posterior). At
+    ``t = 1`` it is eq. 16, ``-log x0_hat``. ``t``: an int or LongTensor ``[B]`` in 1 .. T.
+    """
+    _check_schedule(schedule)
+    K = _resolve_num_classes(denoiser, num_classes)
+    x0 = _check_x0_batch(x0, K)
+    B = x0.shape[0]
+    t = _check_t(t, 1, schedule.T, x0.device).broadcast_to((B,))
+    x_t = q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
+    return _x0_nll(_call_denoiser(denoiser, x_t, t, K), x0, x_t, t, schedule, K)
 
 
 # ---------------------------------------------------------------------------------------------

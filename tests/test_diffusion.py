@@ -397,6 +397,81 @@ def test_training_loss_is_unbiased_for_eq3(one_pixel_world, sampler):
         assert abs(batch_means.mean().item() + elbo) <= 5 * se.item(), (batch_means.mean(), -elbo, se)
 
 
+# ---- the auxiliary loss: the model's posterior over x0 ---------------------------------------------
+
+@pytest.mark.parametrize("t", [1, 2, 4])
+def test_x0_nll_is_the_cross_entropy_of_the_models_posterior(one_pixel_world, t):
+    s, table = one_pixel_world
+    K = table.shape[-1]
+    x0_hat = np.exp(log_softmax(table, -1))
+    n = 60_000
+    g = torch.Generator().manual_seed(t)
+    for x0 in range(K):
+        nll = D.x0_nll(TableDenoiser(torch.from_numpy(table)), torch.full((n,), x0), t, s, generator=g)
+        # By the matrices: x_t ~ row x0 of Q_bar_t; at t >= 2 the posterior is x0_hat * Q_bar_t[:, x_t].
+        Qb = Q_bar(s, t, K)
+        expected = 0.0
+        for i in range(K):
+            post = x0_hat[t, i] * (Qb[:, i] if t >= 2 else 1.0)
+            expected += Qb[x0, i] * -math.log(post[x0] / post.sum())
+        assert abs(nll.mean().item() - expected) <= 5 * nll.std().item() / math.sqrt(n) + 1e-12
+
+
+def test_x0_nll_and_the_kl_share_their_optimum():
+    # Data: one pixel with class probabilities pi. Whatever x_t, the x0_hat that minimises
+    # E[KL of eq. 15 | x_t] makes x0_hat * q(x_t | x0) the true posterior q(x0 | x_t), which also
+    # minimises the cross-entropy of x0_nll. Here that x0_hat is pi itself; check both gradients
+    # vanish there (and not elsewhere), by the matrices in float64 with autograd.
+    K, T = 4, 5
+    s = make_schedule("linear", T, beta_start=0.1, beta_end=0.5)
+    pi = torch.tensor([0.55, 0.25, 0.15, 0.05], dtype=F64)
+    Qs = [None] + [torch.from_numpy(Q(s.alphas[t].item(), K)) for t in range(1, T + 1)]
+    Qbars = [torch.from_numpy(Q_bar(s, t, K)) for t in range(T + 1)]
+
+    def objectives(logits, t, i):  # E over x0 | x_t = i of the KL and of -log posterior
+        w = pi * Qbars[t][:, i]
+        w = w / w.sum()  # q(x0 | x_t = i)
+        x0_hat = torch.softmax(logits, 0)
+        theta_p = Qs[t][:, i] * (x0_hat @ Qbars[t - 1])
+        p = theta_p / theta_p.sum()
+        kl = 0.0
+        for k in range(K):
+            q = Qs[t][:, i] * Qbars[t - 1][k]
+            q = q / q.sum()
+            kl = kl + w[k] * (q * (q / p).log()).sum()
+        post = x0_hat * Qbars[t][:, i]
+        ce = -(w * (post / post.sum()).log()).sum()
+        return kl, ce
+
+    for t in range(2, T + 1):
+        for i in range(K):
+            for logits, optimum in [(pi.log().clone(), True), (torch.zeros(K, dtype=F64), False)]:
+                logits.requires_grad_(True)
+                kl, ce = objectives(logits, t, i)
+                g_kl, = torch.autograd.grad(kl, logits, retain_graph=True)
+                g_ce, = torch.autograd.grad(ce, logits)
+                if optimum:
+                    assert g_kl.abs().max() < 1e-12 and g_ce.abs().max() < 1e-12
+                else:
+                    assert g_kl.abs().max() > 1e-6 and g_ce.abs().max() > 1e-3
+
+
+def test_training_loss_can_return_x0_nll_at_the_same_draws(one_pixel_world):
+    s, table = one_pixel_world
+    model = TableDenoiser(torch.from_numpy(table))
+    x0 = torch.randint(0, 3, (500,), generator=torch.Generator().manual_seed(0))
+    plain = D.training_loss(model, x0, s, D.UniformTimeSampler(s.T), generator=torch.Generator().manual_seed(1),
+                            reduction="none")
+    est, nll = D.training_loss(model, x0, s, D.UniformTimeSampler(s.T), generator=torch.Generator().manual_seed(1),
+                               reduction="none", with_x0_nll=True)
+    torch.testing.assert_close(est, plain)
+    assert nll.shape == (500,) and (nll > 0).all()
+    mean_est, mean_nll = D.training_loss(model, x0, s, D.UniformTimeSampler(s.T), with_x0_nll=True,
+                                         generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean_est, plain.mean())
+    torch.testing.assert_close(mean_nll, nll.mean())
+
+
 # ---- float32 at T = 4000 -------------------------------------------------------------------------
 
 def _denoisers(K):
