@@ -5,7 +5,7 @@ decays over the budget), then its bound is evaluated with all T terms on test ma
 toy maps the table gives the ratio to the true entropy, the floor no model can beat; on
 digits it compares with the uniform model's log2(17) = 4.09 bits per pixel.
 
-    python benchmarks/quality.py [--budgets 2.5,10] [--compare bayes-all:2.5] [--digits-budget 3] [--eval-maps 256] [--json PATH]
+    python benchmarks/quality.py [--budgets 2.5,10] [--compare importance:2.5,lr2e-3:2.5] [--digits-budget 3] [--eval-maps 256] [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,26 +27,39 @@ from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters  # noqa
 from mdiff_lite.train import TrainConfig, fit, pick_device  # noqa: E402
 
 
-# Variants of the toy default for comparison (--compare NAME:MINUTES):
+# Variants of the toy default for comparison (--compare NAME:MINUTES), as (model, training)
+# overrides of the defaults:
 # fold2: pixels folded 2 x 2 instead of 4 x 4 (finer features, about twice the cost per step);
-# bayes-all: the Bayes term log q(x_t | x_0 = k) in the logits at every t, not only at t = 1.
-VARIANTS = {"fold2": {"fold": 2, "channels": (48, 96, 96)}, "bayes-all": {"bayes_logits": "all"}}
+# bayes-all: the Bayes term log q(x_t | x_0 = k) in the logits at every t, not only at t = 1;
+# importance: t drawn by importance sampling (p(t) ∝ sqrt(E[L_t^2])) instead of uniformly;
+# lr2e-3: the learning rate of the first models;
+# x0-nll: plus the auxiliary cross-entropy -log p(x_0 | x_t) (diffusion.x0_nll), weight 1.
+VARIANTS = {
+    "fold2": ({"fold": 2, "channels": (48, 96, 96)}, {}),
+    "bayes-all": ({"bayes_logits": "all"}, {}),
+    "importance": ({}, {"t_sampler": "importance"}),
+    "lr2e-3": ({}, {"lr": 2e-3}),
+    "x0-nll": ({}, {"x0_nll_weight": 1.0}),
+}
 
 
-def run(name: str, minutes: float, device, T: int, eval_maps: int, seed: int, model: dict | None = None) -> dict:
+def run(name: str, minutes: float, device, T: int, eval_maps: int, seed: int, model: dict | None = None,
+        train: dict | None = None) -> dict:
     ds = dataset_by_name(name)
     config = DenoiserConfig(num_classes=ds.num_classes, height=ds.height, width=ds.width,
                             schedule={"name": "hoogeboom-cosine", "T": T}, **(model or MODEL_DEFAULTS[name]))
     torch.manual_seed(seed)
     model = Denoiser(config)
-    history = fit(model, ds.split("train"), TrainConfig(steps=None, max_seconds=60 * minutes, seed=seed),
-                  device=device, progress=True)
+    train_config = TrainConfig(steps=None, max_seconds=60 * minutes, seed=seed, **(train or {}))
+    history = fit(model, ds.split("train"), train_config, device=device, progress=True)
     test = ds.split("test")[:eval_maps]
     result = evaluate_bound(model, make_schedule(**config.schedule), test, progress=True)
     entropy = getattr(ds, "entropy_bits_per_pixel", None)
     return {
         "dataset": name, "model": f"fold {config.fold}, channels {'/'.join(map(str, config.channels))}, "
                                   f"Bayes term: {config.bayes_logits}",
+        "training": f"lr {train_config.lr:g}, t {train_config.t_sampler}"
+                    + (f", x0 NLL x {train_config.x0_nll_weight:g}" if train_config.x0_nll_weight else ""),
         "budget_minutes": minutes, "steps": history["step"][-1],
         "train_seconds": history["seconds"][-1], "parameters": count_parameters(model), "T": T,
         "test_bpd": result["bpd"], "stderr": result["stderr"], "bound": result["bound"],
@@ -76,19 +89,20 @@ def main(argv=None) -> dict:
         name, _, minutes = item.partition(":")
         if name not in VARIANTS or not minutes:
             parser.error(f"--compare takes NAME:MINUTES with NAME in {', '.join(VARIANTS)}, got {item!r}")
-        overrides = {**MODEL_DEFAULTS["toyseg"], **VARIANTS[name]}
-        rows.append(run("toyseg", float(minutes), device, args.T, args.eval_maps, args.seed, overrides))
+        model_overrides, train_overrides = VARIANTS[name]
+        rows.append(run("toyseg", float(minutes), device, args.T, args.eval_maps, args.seed,
+                        {**MODEL_DEFAULTS["toyseg"], **model_overrides}, train_overrides))
     if args.digits_budget:
         rows.append(run("digits", args.digits_budget, device, args.T, args.eval_maps, args.seed))
     result = {"benchmark": "quality", **environment(device), "rows": rows}
     print(f"\nTest bits per pixel against training budget, {device} ({result['device_name']}), "
           f"{torch.get_num_threads()} threads; bound: all T = {args.T} terms, +- one standard error over maps")
-    print(f"{'dataset':<8} {'model':<48} {'budget':>7} {'steps':>6} {'test bpd':>17} {'test maps':>9} "
-          f"{'entropy':>8} {'ratio':>6}")
+    print(f"{'dataset':<8} {'model':<48} {'training':<24} {'budget':>7} {'steps':>6} {'test bpd':>17} "
+          f"{'test maps':>9} {'entropy':>8} {'ratio':>6}")
     for r in rows:
         entropy = f"{r['entropy_bits_per_pixel']:.4f}" if r["entropy_bits_per_pixel"] else "-"
         ratio = f"{r['ratio_to_entropy']:.2f}x" if r["ratio_to_entropy"] else "-"
-        print(f"{r['dataset']:<8} {r['model']:<48} {r['budget_minutes']:>5.1f} m {r['steps']:>6} "
+        print(f"{r['dataset']:<8} {r['model']:<48} {r['training']:<24} {r['budget_minutes']:>5.1f} m {r['steps']:>6} "
               f"{r['test_bpd']:>8.4f} +- {r['stderr']:.4f} {r['n_images']:>9} {entropy:>8} {ratio:>6}")
     write_json(args.json or Path(__file__).parent / "results" / f"quality_{device.type}.json", result)
     return result

@@ -366,7 +366,10 @@ for name, sampler in samplers.items():
 # In this tiny world the gain is modest. At $T = 1000$ the terms can differ by orders of magnitude
 # across $t$ (near $t = T$, where $x_t$ is almost pure noise, the true posterior is almost the
 # likelihood bracket alone and any $\hat x_0$ matches it), and sampling in proportion to their size
-# makes the estimate, and its gradient, less noisy. The official code also
+# makes the estimate, and its gradient, less noisy. Less noise in the loss is not the whole story for
+# training, though: on the toy maps, uniform $t$ trained as well in the same CPU budget (the README's
+# quality table, `benchmarks/quality.py --compare importance:2.5`), so `fit` draws $t$ uniformly by
+# default and takes `t_sampler="importance"` on request. The official code also
 # uses it to *report* the bound: one importance-sampled $t$ per example, averaged over 100 repetitions
 # of the test set, a Monte Carlo estimate. The package's evaluation sums all $T$ terms instead
 # (`vlb_terms`), so its bound has no sampling noise from $t$.

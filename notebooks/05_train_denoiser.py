@@ -118,8 +118,10 @@ print(f"at t = 1 the untrained denoiser is Bayes' rule: it trusts x_1 with proba
 # ## Train for two minutes
 #
 # `fit` minimises the training objective of notebook 03 (eq. 17: $T \cdot L_t$ at a random $t$ plus
-# the prior term) with AdamW, importance-sampled $t$ and an exponential moving average (EMA) of the
-# weights, which is what gets evaluated. The progress bar shows a running estimate of the bound in
+# the prior term) with AdamW, uniformly drawn $t$ and an exponential moving average (EMA) of the
+# weights, which is what gets evaluated. (Notebook 03's importance sampling of $t$ is an option,
+# `TrainConfig(t_sampler="importance")`; in a fixed CPU budget it did no better here, see
+# `benchmarks/quality.py --compare importance:2.5` in the README.) The progress bar shows a running estimate of the bound in
 # bits per pixel. The budget is wall-clock time, so the learning rate decays over the two minutes.
 
 # %%
@@ -153,9 +155,10 @@ report(f"after {TRAIN_SECONDS} s", model)
 # %% [markdown]
 # ## The shipped model
 #
-# Two minutes is a start. The package ships a checkpoint trained the same way for 45 minutes on one CPU core; its
-# metadata records the commands that trained and evaluated it and its *exact* test bound over all 1000
-# test maps. With `RETRAIN = True` (first code cell) this notebook trains its own instead.
+# Two minutes is a start. The package ships a checkpoint trained for 45 minutes on one CPU core (with
+# the first defaults: importance-sampled $t$, learning rate 2e-3; its metadata holds the whole
+# training configuration); the metadata also records the commands that trained and evaluated it and its
+# *exact* test bound over all 1000 test maps. With `RETRAIN = True` (first code cell) this notebook trains its own instead.
 
 # %%
 if RETRAIN:
@@ -286,7 +289,7 @@ plot_grid(digit_samples, digits, ncols=8, legend=False, suptitle="Digit samples"
 # - The denoiser predicts $\hat x_0$ from $(x_t, t)$. At $t = 1$ its logits start at Bayes' rule, so the
 #   decoder is sharp from the first step; at $t \ge 2$ eq. 14 brings the pixel's own evidence in, and the
 #   network learns only what the rest of the map says: the prior over maps.
-# - Training minimises eq. 17 with importance-sampled $t$; two CPU minutes already beat the uniform
+# - Training minimises eq. 17 at uniformly drawn $t$; two CPU minutes already beat the uniform
 #   model by an order of magnitude, and the shipped model is at 1.6 × the entropy.
 # - Ancestral sampling takes $T$ network calls; skipping with $q(x_s \mid x_t, \hat x_0)$ trades calls for
 #   sample quality, measured here by the share of tiles no training map contains.

@@ -20,7 +20,7 @@ def load(name):
 @pytest.mark.parametrize("name, args", [
     ("loss_speed", ["--T", "20", "--repeats", "3", "--vlb-terms-T", "4", "--batch", "4", "--size", "8"]),
     ("train_speed", ["--steps", "1", "--data", "digits", "--eval-batch", "8", "--device", "cpu"]),
-    ("quality", ["--budgets", "0.01", "--compare", "bayes-all:0.01", "--digits-budget", "0", "--eval-maps", "3",
+    ("quality", ["--budgets", "0.01", "--compare", "bayes-all:0.01,x0-nll:0.01", "--digits-budget", "0", "--eval-maps", "3",
                  "--T", "10", "--device", "cpu"]),
     ("widget_latency", ["--T", "20", "--repeats", "3", "--dataset", "digits"]),
     ("likelihood", ["--fast", "--quiet", "--device", "cpu"]),
