@@ -16,7 +16,7 @@ model = Denoiser(DenoiserConfig(num_classes=4, height=8, width=8, fold=1, channe
 # history=1: the importance sampler warms up within these steps (20 times, 2 ranks x 8 losses a
 # step), so p(t) turns non-uniform and would differ between ranks that did not share losses.
 history = fit(model, maps, TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=0,
-                                       importance_history=1),
+                                       t_sampler="importance", importance_history=1),
               device="cpu", checkpoint_path=f"{out_dir}/ckpt.pt", progress=False)
 rank = torch.distributed.get_rank()
 torch.save({"params": torch.cat([p.detach().flatten() for p in model.parameters()]),
