@@ -369,14 +369,16 @@ def _log_q_t_given_prev(x_t: torch.Tensor, t: torch.Tensor, schedule, K: int, dt
                            _coef(schedule, "log_betas", t, dtype, axis=1), K)
 
 
-def _log_q_prev_given_x0(x0: torch.Tensor, t: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
-    """log q(x_{t-1} | x_0) (eq. 12 at t - 1): ``x0`` as class indices, or as log-probabilities
-    ``[B, K, *dims]`` of a prediction."""
-    log_keep = _coef(schedule, "log_alpha_bars", t - 1, dtype, axis=1)
-    log_noise = _coef(schedule, "log_one_minus_alpha_bars", t - 1, dtype, axis=1)
-    if x0.is_floating_point():
-        return torch.logaddexp(x0 + log_keep, log_noise - math.log(K))
-    return _log_onehot_mix(x0, log_keep, log_noise, K)
+def _log_marginal(x: torch.Tensor, s: torch.Tensor, schedule, K: int, dtype) -> torch.Tensor:
+    """Eq. 12 at time s in log space, ``log(alpha_bar_s x + (1 - alpha_bar_s) / K)``, ``[B, K, *dims]``.
+    ``x`` as class indices: then, the kernel being symmetric, it is both log q(x_s = j | x_0 = x)
+    for every class j and log q(x_s = x | x_0 = k) for every class k. Or ``x`` as the
+    log-probabilities ``[B, K, *dims]`` of a prediction of x_0."""
+    log_keep = _coef(schedule, "log_alpha_bars", s, dtype, axis=1)
+    log_noise = _coef(schedule, "log_one_minus_alpha_bars", s, dtype, axis=1)
+    if x.is_floating_point():
+        return torch.logaddexp(x + log_keep, log_noise - math.log(K))
+    return _log_onehot_mix(x, log_keep, log_noise, K)
 
 
 def _log_posterior(x_t, x0, t, schedule, K: int, dtype, log_likelihood=None) -> torch.Tensor:
@@ -384,7 +386,7 @@ def _log_posterior(x_t, x0, t, schedule, K: int, dtype, log_likelihood=None) -> 
     ``log_likelihood``: the first factor, if already computed for this ``x_t`` and ``t``."""
     if log_likelihood is None:
         log_likelihood = _log_q_t_given_prev(x_t, t, schedule, K, dtype)
-    log_theta = log_likelihood + _log_q_prev_given_x0(x0, t, schedule, K, dtype)
+    log_theta = log_likelihood + _log_marginal(x0, t - 1, schedule, K, dtype)  # log q(x_{t-1} | x_0)
     return log_theta - torch.logsumexp(log_theta, 1, keepdim=True)
 
 
@@ -589,10 +591,10 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
     t_sampler.update(t, L_t.detach())
     prior = prior_kl(x0, schedule, K).to(L_t.dtype)
     estimate = L_t / p_t.to(L_t.dtype) + prior
-    reduce = (lambda v: v.mean()) if reduction == "mean" else (lambda v: v)
     if with_x0_nll:
-        return reduce(estimate), reduce(_x0_nll(log_x0_hat, x0, x_t, t, schedule, K))
-    return reduce(estimate)
+        nll = _x0_nll(log_x0_hat, x0, x_t, t, schedule, K)
+        return (estimate.mean(), nll.mean()) if reduction == "mean" else (estimate, nll)
+    return estimate.mean() if reduction == "mean" else estimate
 
 
 def _x0_nll(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
@@ -600,8 +602,7 @@ def _x0_nll(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
     ``x0_hat * q(x_t | x_0), normalised`` for t >= 2, and eq. 16 (x0_hat itself) at t = 1."""
     B = x0.shape[0]
     t_b = t.view((B,) + (1,) * (x0.ndim - 1))
-    log_lik = _log_onehot_mix(x_t, _coef(schedule, "log_alpha_bars", t_b, log_x0_hat.dtype, axis=1),
-                              _coef(schedule, "log_one_minus_alpha_bars", t_b, log_x0_hat.dtype, axis=1), K)
+    log_lik = _log_marginal(x_t, t_b, schedule, K, log_x0_hat.dtype)  # log q(x_t | x_0 = k) for every k
     log_post = torch.log_softmax(log_x0_hat + torch.where(t_b.unsqueeze(1) == 1, 0.0, log_lik), 1)
     return -log_post.gather(1, x0.unsqueeze(1)).reshape(B, -1).sum(1)
 
