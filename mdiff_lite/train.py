@@ -77,7 +77,7 @@ class TrainConfig:
     batch_size: int = 64
     # benchmarks/quality.py --compare importance:2.5,lr2e-3:2.5 (the README's quality table): on
     # the toy maps, uniform t and lr 3e-3 each reach a lower bound in a fixed CPU budget than
-    # importance sampling and 2e-3, the first defaults. 8e-3 diverged in an exploratory run.
+    # importance sampling and 2e-3, the first defaults.
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
