@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mdiff_lite import make_schedule, one_hot, q_marginal, vlb_terms
-from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters
+from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters, folded_one_hot
 
 SMALL = dict(channels=(16, 32), embed_dim=16, schedule={"name": "hoogeboom-cosine", "T": 50})
 
@@ -45,6 +45,33 @@ def test_untrained_denoiser_is_the_bayes_posterior_under_a_uniform_prior(where):
     torch.testing.assert_close(x0_hat, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fold", [1, 2, 4])
+def test_folded_one_hot_is_the_one_hot_map_unshuffled(fold):
+    K = 5
+    x = torch.randint(0, K, (3, 8, 16))
+    expected = torch.nn.functional.pixel_unshuffle(torch.nn.functional.one_hot(x, K).permute(0, 3, 1, 2).float(), fold)
+    assert torch.equal(folded_one_hot(x, K, fold), expected)
+
+
+def test_decoder_bayes_term_lands_on_the_rows_at_t_1_only():
+    # Same weights, a trained-looking head: "decoder" differs from "none" by log q(x_t | x_0 = k)
+    # on the rows where t = 1, wherever they sit in the batch, and nowhere else.
+    K = 6
+    torch.manual_seed(0)
+    none = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=2, bayes_logits="none", **SMALL))
+    torch.nn.init.normal_(none.head[-1].weight, std=0.1)
+    decoder = Denoiser(DenoiserConfig(num_classes=K, height=8, width=8, fold=2, bayes_logits="decoder", **SMALL))
+    decoder.load_state_dict(none.state_dict())
+    x_t = torch.randint(0, K, (4, 8, 8))
+    for t in (torch.tensor([7, 1, 50, 1]), torch.tensor([2, 3, 4, 5])):
+        diff = (decoder(x_t, t) - none(x_t, t)).detach()
+        at_one = t == 1
+        torch.testing.assert_close(diff[at_one], decoder.bayes_logits(x_t, t)[at_one])
+        assert torch.equal(diff[~at_one], torch.zeros_like(diff[~at_one]))
+    decoder(x_t, torch.tensor([1, 1, 9, 9])).sum().backward()
+    assert decoder.head[-1].weight.grad.abs().sum() > 0
+
+
 def test_bayes_term_makes_the_decoder_cheap_from_the_start():
     # At t = 1 the observed x_1 is almost surely x_0: the untrained net already pays little for
     # eq. 16, whereas without the Bayes term it would pay log K per pixel.
@@ -75,3 +102,4 @@ def test_config_round_trip_and_validation():
     assert DenoiserConfig.from_dict({**cfg.to_dict(), "bayes_logits": False}).bayes_logits == "none"
     with pytest.raises(ValueError, match="groups"):
         DenoiserConfig(num_classes=8, height=32, width=32, channels=(20, 40, 40)).validate()
+
