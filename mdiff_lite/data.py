@@ -6,7 +6,8 @@ pixel can be held against the true entropy, the floor no model can beat. A small
 (digits) shows the same method on data nobody designed. Three datasets, one surface:
 
 - :class:`ToySegmentation`: procedural street scenes, K = 8 classes, exact ``log_prob`` and
-  ``entropy_bits_per_pixel``.
+  ``entropy_bits_per_pixel``, and exact ``posterior`` marginals of its pixels given evidence about
+  each of them (from which :class:`mdiff_lite.models.OracleDenoiser` builds the best denoiser there is).
 - :class:`Digits`: scikit-learn's bundled 8 x 8 digits, whose 17 grey levels are 17 classes
   (:func:`bin_levels` merges them into fewer).
 - :class:`PermutedLabels`: any of the two with its class ids shuffled by a fixed permutation.
@@ -346,6 +347,58 @@ def _codes(patch: torch.Tensor, classes: tuple[int, ...], num_classes: int) -> t
     return lut[torch.where(inside, patch, num_classes)]
 
 
+_IMPOSSIBLE = -1e200   # stands in for log 0 in ToySegmentation.posterior's sums
+
+
+def _flat_one_hot(classes: torch.Tensor, K: int) -> torch.Tensor:
+    """``[m, pixels]`` class ids -> float64 ``[m, pixels * K]``: a matrix product with a row of
+    per-pixel log-likelihoods sums them over the pixels."""
+    return torch.nn.functional.one_hot(classes, K).double().reshape(len(classes), -1)
+
+
+def _overlap_groups(rects: list, size: int) -> list:
+    """Stamps (by index, in drawing order) grouped by overlapping rectangles. Each group must be
+    one stamp (the base) and later stamps that meet it but not each other: the shape that
+    ToySegmentation.posterior sums over."""
+    owner = torch.full((size,), -1, dtype=torch.long)   # group of each pixel
+    groups = []
+    for i, rect in enumerate(rects):
+        met = owner[rect].unique()
+        met = met[met >= 0].tolist()
+        if not met:
+            groups.append([i])
+        elif len(met) > 1 or not torch.isin(rect, rects[groups[met[0]][0]]).any() \
+                or any(torch.isin(rect, rects[j]).any() for j in groups[met[0]][1:]):
+            raise RuntimeError(f"stamp {i} does not just cover one other stamp: posterior() cannot sum over this layout")
+        else:
+            groups[met[0]].append(i)
+        owner[rect] = met[0] if met else len(groups) - 1
+    return groups
+
+
+def _group_posterior(plan: dict, L: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Sum over the values of a group of stamps (``ToySegmentation._group_plan``) given per-pixel
+    log-likelihoods ``L [n, pixels, K]``: ``(log p(o on the group's pixels) [n],
+    [(pixels, marginals [n, len(pixels), K]), ...])``."""
+    n, K = L.shape[0], L.shape[2]
+    log_w = plan["log_prior"] + L[:, plan["free"]].reshape(n, -1) @ plan["onehot"].T   # [n, base values]
+    covers = []
+    for cover in plan["covers"]:
+        log_joint = (L[:, cover["pixels"]].reshape(n, -1) @ cover["onehot"].T).view(n, cover["patterns"], -1) \
+            + cover["log_prior"]                                                          # [n, patterns, values]
+        log_z = torch.logsumexp(log_joint, 2)
+        log_w = log_w + log_z[:, cover["which"]]
+        covers.append((cover, log_joint, log_z))
+    log_z_group = torch.logsumexp(log_w, 1)
+    weights = (log_w - log_z_group[:, None]).exp()
+    parts = [(plan["free"], (weights @ plan["onehot"]).view(n, -1, K))]
+    for cover, log_joint, log_z in covers:
+        per_pattern = torch.zeros(n, cover["patterns"], dtype=torch.float64).index_add_(1, cover["which"], weights)
+        joint = per_pattern[:, :, None] * (log_joint - log_z[:, :, None]).exp()
+        parts.append((cover["pixels"], (joint.reshape(n, -1) @ cover["onehot"]).view(n, -1, K)))
+    return log_z_group, parts
+
+
 class ToySegmentation:
     """Street-scene segmentation maps with a known distribution: exact ``log_prob`` and entropy.
 
@@ -409,6 +462,7 @@ class ToySegmentation:
         self._layout = L
         self._log_probs = [torch.log(v.probs) for v in self.variables]
         self._cdfs = [torch.cumsum(v.probs, 0) for v in self.variables]
+        self._plan = None   # built by the first call of posterior()
 
     # -- the distribution ------------------------------------------------------------------------
 
@@ -521,6 +575,122 @@ class ToySegmentation:
             value_of_group[group[:len(stamp.seen)]] = torch.arange(len(stamp.seen))
             columns.append(value_of_group[group[len(stamp.seen):]])
         return torch.stack(columns, 1)
+
+    # -- exact inference from noisy evidence -------------------------------------------------------
+
+    def posterior(self, log_likelihood: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the generator says about a map seen through independent per-pixel noise.
+
+        ``log_likelihood[n, y, x, k]`` is ``log p(o_yx | the map's pixel (y, x) is class k)`` for an
+        observation ``o`` of each of ``n`` maps, pixels observed independently given the map (as
+        eq. 12 corrupts them). Returns, exactly and in float64:
+
+        - ``log_evidence`` ``[n]``: ``log sum_maps p(map) prod_pixels p(o_yx | map_yx)`` in nats
+          (``-inf`` where no map in the support explains ``o``);
+        - ``marginals`` ``[n, H, W, K]``: each pixel's posterior over classes given all of ``o``.
+
+        Sum-product over the choices: given the horizon and the sidewalk depth (15 pairs at
+        32 x 32), a building and the people and trees standing in front of it are summed over
+        jointly, every other stamp on its own, and the pairs are then mixed by their posterior
+        weights. ``tests/test_data.py`` checks it against the enumerated support of 8 x 8 maps.
+        Used by :class:`mdiff_lite.models.OracleDenoiser`.
+        """
+        K, H, W = self.num_classes, self.height, self.width
+        if not isinstance(log_likelihood, torch.Tensor) or not log_likelihood.is_floating_point():
+            raise TypeError("log_likelihood must be a floating-point tensor [n, H, W, K]")
+        if log_likelihood.ndim != 4 or tuple(log_likelihood.shape[1:]) != (H, W, K):
+            raise ValueError(f"log_likelihood must have shape [n, {H}, {W}, {K}], got {tuple(log_likelihood.shape)}")
+        if torch.isnan(log_likelihood).any() or (log_likelihood == math.inf).any():
+            raise ValueError("log_likelihood holds NaN or +inf")
+        n = log_likelihood.shape[0]
+        # One-hot matrix products sum log-likelihoods; -inf would turn 0 * -inf into NaN there, so an
+        # impossible class gets a finite stand-in that still sends exp() to 0, and -inf comes back at
+        # the end.
+        L = log_likelihood.double().clamp(min=_IMPOSSIBLE).reshape(n, H * W, K)
+        best = torch.full((n,), -math.inf, dtype=torch.float64)   # running max of the log weights
+        total = torch.zeros(n, dtype=torch.float64)               # sum of exp(log weight - best)
+        marginals = torch.zeros(n, H * W, K, dtype=torch.float64)
+        done = {}   # a group's sums, shared by the (horizon, depth) pairs that place it alike
+        for (log_prior, background, free, groups) in self._posterior_plan():
+            log_w = log_prior + L[:, free].gather(2, background[free].expand(n, -1).unsqueeze(2)).sum((1, 2))
+            margin = torch.nn.functional.one_hot(background, K).double().expand(n, H * W, K).clone()
+            for key, plan in groups:
+                if key not in done:
+                    done[key] = _group_posterior(plan, L)
+                log_z, parts = done[key]
+                log_w = log_w + log_z
+                for pixels, probs in parts:
+                    margin[:, pixels] = probs
+            # Mix the pairs by their posterior weights, one pair at a time (a running log-sum-exp).
+            new_best = torch.maximum(best, log_w)
+            scale_old, scale_new = (best - new_best).exp(), (log_w - new_best).exp()
+            total = total * scale_old + scale_new
+            marginals = marginals * scale_old[:, None, None] + margin * scale_new[:, None, None]
+            best = new_best
+        log_evidence = best + total.log()
+        log_evidence = torch.where(log_evidence < _IMPOSSIBLE / 2, -math.inf, log_evidence)
+        return log_evidence, (marginals / total[:, None, None]).view(n, H, W, K)
+
+    def _posterior_plan(self) -> list:
+        """What :meth:`posterior` sums over, worked out once: for each (horizon, depth) pair its log
+        prior, background, pixels outside every stamp, and its groups of stamps (see ``_group_plan``),
+        each with a key that is equal for groups placed alike over the same background."""
+        if self._plan is None:
+            H, W = self.height, self.width
+            plan, plans_by_key = [], {}
+            for i_h, horizon in enumerate(self._layout.horizons):
+                for i_d, depth in enumerate(self._layout.depths):
+                    rows = torch.arange(H)[:, None]
+                    background = torch.where(rows < horizon, SKY, torch.where(rows < horizon + depth, SIDEWALK, ROAD))
+                    background = background.expand(H, W).reshape(-1)
+                    rects = []   # each stamp's rectangle as flat pixel indices
+                    for stamp in self._stamps:
+                        top = stamp.top[0] * horizon + stamp.top[1] * depth + stamp.top[2]
+                        r, c = stamp.bank.shape[1:]
+                        rects.append(((top + torch.arange(r))[:, None] * W + stamp.left + torch.arange(c)).reshape(-1))
+                    in_stamp = torch.zeros(H * W, dtype=torch.bool)
+                    groups = []
+                    for group in _overlap_groups(rects, H * W):
+                        pixels = torch.cat([rects[i] for i in group])
+                        in_stamp[pixels] = True
+                        key = (tuple(group), tuple(pixels.tolist()), background[pixels].numpy().tobytes())
+                        if key not in plans_by_key:
+                            plans_by_key[key] = self._group_plan(group, rects, background)
+                        groups.append((key, plans_by_key[key]))
+                    log_prior = self._log_probs[0][i_h] + self._log_probs[1][i_d]
+                    plan.append((log_prior, background, (~in_stamp).nonzero().squeeze(1), groups))
+            self._plan = plan
+        return self._plan
+
+    def _group_plan(self, group: list, rects: list, background: torch.Tensor) -> dict:
+        """One stamp (the base) and the stamps drawn over it (the covers, which do not meet each
+        other), as one-hot matrices: what each base value shows on the pixels no cover reaches, and
+        for each cover, what each of its values shows over each distinct pattern the base leaves
+        under it (few patterns among a building's thousands of values)."""
+        K = self.num_classes
+        base, covers = group[0], group[1:]
+        bank = self._stamps[base].bank.reshape(len(self._stamps[base].bank), -1)
+        rect = rects[base]
+        covered = torch.zeros(len(rect), dtype=torch.bool)
+        for j in covers:
+            covered |= torch.isin(rect, rects[j])
+        free = rect[~covered]
+        shown = torch.where(bank[:, ~covered] >= 0, bank[:, ~covered], background[free])
+        plan = {"free": free, "onehot": _flat_one_hot(shown, K), "log_prior": self._log_probs[2 + base],
+                "covers": []}
+        for j in covers:
+            pixels = rects[j]
+            inside = torch.isin(pixels, rect)
+            under = torch.full((len(bank), len(pixels)), -1, dtype=torch.long)
+            under[:, inside] = bank[:, (pixels[inside][:, None] == rect[None]).long().argmax(1)]
+            patterns, which = torch.unique(under, dim=0, return_inverse=True)
+            patterns = torch.where(patterns >= 0, patterns, background[pixels])
+            cover_bank = self._stamps[j].bank.reshape(len(self._stamps[j].bank), -1)
+            drawn = torch.where(cover_bank[None] >= 0, cover_bank[None], patterns[:, None])   # [patterns, values, px]
+            plan["covers"].append({"pixels": pixels, "which": which, "patterns": len(patterns),
+                                   "onehot": _flat_one_hot(drawn.reshape(-1, len(pixels)), K),
+                                   "log_prior": self._log_probs[2 + j]})
+        return plan
 
     def __repr__(self) -> str:
         return (f"ToySegmentation(height={self.height}, width={self.width}): {len(self.variables)} variables, "

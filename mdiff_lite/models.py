@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from .schedules import make_schedule
 
-__all__ = ["DenoiserConfig", "Denoiser", "count_parameters", "check_schedule_matches"]
+__all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches"]
 
 BAYES_LOGITS = ("decoder", "all", "none")
 
@@ -249,6 +249,42 @@ class Denoiser(nn.Module):
                 logits = logits.clone()
                 logits[at_one] += self.bayes_logits(x_t[at_one], t[at_one])
         return logits
+
+
+class OracleDenoiser:
+    """The best denoiser there is, for data whose posterior can be computed: the yardstick.
+
+    The reverse step of eq. 14 treats pixels as independent given ``x_t``, so for each KL of eq. 15
+    the best any network can do is each pixel's exact marginal ``q(x_{t-1} | x_t)``. Eq. 14 gives
+    that marginal when ``x0_hat(k)`` is proportional to ``p(x_0 = k | x_t) / q(x_t | x_0 = k)`` at
+    the pixel: the posterior of x0 given every pixel, the pixel's own evidence taken out again
+    (eq. 13 multiplies it back in). The decoder of eq. 16 is best as ``p(x_0 | x_1)`` itself. So
+    this denoiser's bound is the lowest any denoiser of this form reaches at this T; what is left
+    above the entropy is the price of the independent pixels, and it shrinks as T grows.
+
+    ``dataset`` must offer ``posterior(log_likelihood)`` (:meth:`mdiff_lite.data.ToySegmentation.posterior`).
+    Follows the denoiser protocol, in float64: ``oracle(x_t, t) -> logits [B, H, W, K]``.
+    ``benchmarks/oracle.py`` holds it against the trained denoiser.
+    """
+
+    def __init__(self, dataset, schedule):
+        if not hasattr(dataset, "posterior"):
+            raise TypeError(f"{type(dataset).__name__} has no exact posterior(); the oracle needs one")
+        self.dataset, self.schedule = dataset, schedule
+        self.num_classes, self.T = dataset.num_classes, schedule.T
+
+    def log_likelihood(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | x_0 = k)`` at every pixel for every class k (eq. 12), float64 ``[B, H, W, K]``."""
+        K = self.num_classes
+        log_keep = self.schedule.log_alpha_bars.to(x_t.device)[t].view(-1, 1, 1, 1)
+        log_noise = self.schedule.log_one_minus_alpha_bars.to(x_t.device)[t].view(-1, 1, 1, 1) - math.log(K)
+        return torch.where(F.one_hot(x_t, K).bool(), torch.logaddexp(log_keep, log_noise), log_noise)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        log_likelihood = self.log_likelihood(x_t, t)
+        _, marginals = self.dataset.posterior(log_likelihood)
+        log_posterior = marginals.log()
+        return torch.where((t == 1).view(-1, 1, 1, 1), log_posterior, log_posterior - log_likelihood)
 
 
 def check_schedule_matches(model, schedule) -> None:

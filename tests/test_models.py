@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from mdiff_lite import make_schedule, one_hot, q_marginal, vlb_terms
-from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters, folded_one_hot
+from mdiff_lite import make_schedule, one_hot, q_marginal, q_posterior, vlb_terms
+from mdiff_lite.data import ToySegmentation
+from mdiff_lite.models import Denoiser, DenoiserConfig, OracleDenoiser, count_parameters, folded_one_hot
 
 SMALL = dict(channels=(16, 32), embed_dim=16, schedule={"name": "hoogeboom-cosine", "T": 50})
 
@@ -103,3 +104,41 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="groups"):
         DenoiserConfig(num_classes=8, height=32, width=32, channels=(20, 40, 40)).validate()
 
+
+def test_oracle_reverse_step_is_the_exact_marginal_of_the_reverse_process():
+    # On the 8 x 8 toy maps, whose 130 340 maps can be enumerated: for x_t drawn from a real map,
+    # eq. 14 with the oracle's x0_hat must give each pixel's q(x_{t-1} | x_t) =
+    # sum over maps of p(map | x_t) q(x_{t-1} | x_t, map) (eq. 13), and at t = 1 its x0_hat must be
+    # p(x_0 | x_1) itself. Enumerated here with transition-matrix-free eq. 13 per class.
+    ds, K, T = ToySegmentation(8, 8), 8, 20
+    s = make_schedule("hoogeboom-cosine", T)
+    oracle = OracleDenoiser(ds, s)
+    maps = ds.render(torch.cartesian_prod(*[torch.arange(len(v.values)) for v in ds.variables]))
+    log_p = ds.log_prob(maps)
+    flat = maps.reshape(len(maps), -1)
+    g = torch.Generator().manual_seed(5)
+    x0 = ds.sample(4, g)
+    t = torch.tensor([1, 2, 9, 20])
+    keep = s.alpha_bars[t].view(4, 1, 1)
+    x_t = torch.where(torch.rand(4, 8, 8, generator=g, dtype=torch.float64) < keep, x0, torch.randint(K, (4, 8, 8), generator=g))
+    x0_hat = torch.softmax(oracle(x_t, t), -1)
+    assert x0_hat.dtype == torch.float64
+    for b in range(4):
+        likelihood = q_marginal(one_hot(flat, K, torch.float64), t[b], s)          # q(x_t | x_0 = map) per pixel
+        log_joint = log_p + likelihood.gather(-1, x_t[b].reshape(1, -1, 1).expand(len(maps), -1, 1)).log().sum((1, 2))
+        marginal = (torch.softmax(log_joint, 0)[:, None, None] * one_hot(flat, K, torch.float64)).sum(0)   # p(x_0 | x_t)
+        if t[b] == 1:
+            torch.testing.assert_close(x0_hat[b].reshape(-1, K), marginal, rtol=1e-9, atol=1e-12)
+            continue
+        x_t_onehot = one_hot(x_t[b].reshape(-1), K, torch.float64)
+        per_class = torch.stack([q_posterior(x_t_onehot, one_hot(torch.full((64,), k), K, torch.float64), t[b], s)
+                                 for k in range(K)], 1)                               # [pixels, k, K]
+        expected = (marginal[:, :, None] * per_class).sum(1)
+        got = q_posterior(x_t_onehot, x0_hat[b].reshape(-1, K), t[b], s)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_oracle_needs_an_exact_posterior():
+    from mdiff_lite.data import Digits
+    with pytest.raises(TypeError, match="posterior"):
+        OracleDenoiser(Digits(), make_schedule("hoogeboom-cosine", 10))
