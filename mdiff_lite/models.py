@@ -7,10 +7,10 @@ Three choices make it small and fast enough for a laptop CPU:
 
 - **Folded pixels.** Each ``fold x fold`` block of pixels is folded into channels
   (``pixel_unshuffle``); with the default ``fold = 4`` a 32 x 32 map is processed at 8 x 8, 4 x 4
-  and 2 x 2, at about half the cost per step of ``fold = 2``. Cheaper is not better here:
-  ``benchmarks/quality.py`` finds that ``fold = 2`` (channels 48/96/96) reaches a lower bound
-  in the same 10 CPU minutes (the README's results table); the default awaits that change and
-  a retrained shipped checkpoint.
+  and 2 x 2, at about half the cost per step of ``fold = 2``. Cheaper per step is not better
+  per minute: with the first design, ``fold = 2`` (channels 48/96/96) reached a lower bound in the
+  same 10 CPU minutes (the README's results table). But it takes about three times as long to
+  evaluate, and the exact evaluation of 1000 maps must fit in 10 CPU minutes, so fold 4 stays.
 - **Bayes at the decoder.** At ``t = 1`` the logits are ``log q(x_1 | x_0 = k) + correction``:
   the first term is what the observed ``x_1`` alone says about each candidate class ``k`` (eq. 12
   read as a likelihood of ``x_0``), sharp because ``x_1`` is almost surely ``x_0``. The decoder of

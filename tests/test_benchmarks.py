@@ -24,6 +24,7 @@ def load(name):
                  "--T", "10", "--device", "cpu"]),
     ("widget_latency", ["--T", "20", "--repeats", "3", "--dataset", "digits"]),
     ("likelihood", ["--fast", "--quiet", "--device", "cpu"]),
+    ("oracle", ["--checkpoint", "none", "--T", "10", "--eval-maps", "3", "--info-maps", "4"]),
 ])
 def test_benchmark_writes_json(tmp_path, capsys, name, args):
     out = tmp_path / f"{name}.json"
@@ -52,3 +53,21 @@ def test_likelihood_reuses_flow_rows_and_refuses_other_settings(tmp_path):
     with pytest.raises(SystemExit):
         likelihood.main(["--fast", "--quiet", "--device", "cpu", "--digits-minutes", "0", "--kinds", "ordinal",
                          "--seed", "1", "--json", str(tmp_path / "c.json"), "--flows-from", str(tmp_path / "a.json")])
+
+
+def test_oracle_against_a_checkpoint_on_the_same_maps(tmp_path):
+    from mdiff_lite.cli import main as cli
+
+    ckpt = tmp_path / "toy.pt"
+    cli(["train", "--data", "toyseg", "--steps", "2", "--T", "10", "--batch-size", "4", "--out", str(ckpt),
+         "--eval-maps", "2", "--eval-k", "1", "--device", "cpu"])
+    result = load("oracle").main(["--checkpoint", str(ckpt), "--eval-maps", "3", "--info-maps", "4",
+                                  "--json", str(tmp_path / "o.json")])
+    assert result["T"] == 10 and result["model"]["n_images"] == result["oracle"]["n_images"] == 3
+    prior = result["rows"][-1]
+    # The prior term is exact and the same for any denoiser (float32 against float64 here).
+    assert prior["t"] == "prior" and prior["model_bpd"] == pytest.approx(prior["oracle_bpd"], rel=1e-5)
+    # Barely trained, the model pays far more than the best denoiser.
+    assert result["model_minus_oracle"]["bpd"] > 0.5
+    with pytest.raises(SystemExit):
+        load("oracle").main(["--checkpoint", str(ckpt), "--T", "20", "--json", str(tmp_path / "x.json")])
