@@ -29,7 +29,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from _common import environment, write_json  # noqa: E402
 from mdiff_lite import make_schedule, q_sample  # noqa: E402
 from mdiff_lite.data import dataset_by_name  # noqa: E402
-from mdiff_lite.evaluate import bound_breakdown, evaluate_bound  # noqa: E402
+from mdiff_lite.evaluate import bound_breakdown, evaluate_bound, tenths  # noqa: E402
 from mdiff_lite.models import OracleDenoiser  # noqa: E402
 from mdiff_lite.train import load_denoiser, pretrained_path  # noqa: E402
 
@@ -71,6 +71,9 @@ def main(argv=None) -> dict:
     model = None
     if args.checkpoint != "none":
         model, meta = load_denoiser(args.checkpoint)
+        if meta.get("dataset") != "toyseg" or meta.get("permute_seed") is not None:
+            parser.error(f"{args.checkpoint} was not trained on the toy maps as they are "
+                         f"(dataset {meta.get('dataset')!r}, permute_seed {meta.get('permute_seed')!r})")
         if args.T is not None and args.T != model.T:
             parser.error(f"--T {args.T} differs from the checkpoint's T = {model.T}")
         schedule = make_schedule(**model.config.schedule)
@@ -80,7 +83,7 @@ def main(argv=None) -> dict:
     test = ds.split("test")
     maps = test[:args.eval_maps]
     D = maps[0].numel()
-    edges = sorted({max(1, round(T * (i + 1) / 10)) for i in range(10)})
+    edges = tenths(T)
 
     # Exact bounds, same maps, same draws of x_t (same seed, same batching).
     kwargs = dict(batch_size=16, max_batch=512, seed=args.seed)
@@ -123,7 +126,8 @@ def main(argv=None) -> dict:
         "model": None if trained is None else {k: trained[k] for k in ("bpd", "stderr", "bound", "n_images", "seconds",
                                                                       "per_map_bpd")},
         "model_minus_oracle": None if trained is None else dict(zip(("bpd", "stderr"), mean_se(
-            torch.tensor(trained["per_map_bpd"]) - torch.tensor(oracle["per_map_bpd"])))),
+            torch.tensor(trained["per_map_bpd"], dtype=torch.float64)
+            - torch.tensor(oracle["per_map_bpd"], dtype=torch.float64)))),
         "information_note": "Monte-Carlo estimates (one draw of x_t per map and t) with their standard errors; "
                             "each log q(x_t) exact",
         "information_seconds": info_seconds,
@@ -146,8 +150,27 @@ def main(argv=None) -> dict:
     if trained:
         print(f"model bound {trained['bpd']:.4f} +- {trained['stderr']:.4f}; model - oracle "
               f"{result['model_minus_oracle']['bpd']:.4f} +- {result['model_minus_oracle']['stderr']:.4f} (paired)")
-    write_json(args.json or Path(__file__).parent / "results" / "oracle_cpu.json", result)
+    path = Path(args.json or Path(__file__).parent / "results" / "oracle_cpu.json")
+    write_json(path, result)
+    path.with_suffix(".md").write_text(markdown(result) + "\n")   # the README's table
     return result
+
+
+def markdown(result: dict) -> str:
+    """The table as the README shows it."""
+    model = result["model"]
+    lines = ["| t | information lost (Monte Carlo, {} maps) | best denoiser, exact bound | {} | model - best |"
+             .format(result["info_maps"], "model, exact bound" if model else "model"), "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [r["t"], f"{r['information_bpd']:.4f} +- {r['information_stderr']:.4f}", f"{r['oracle_bpd']:.4f}"]
+        cells += ([f"{r['model_bpd']:.4f}", f"{r['model_bpd'] - r['oracle_bpd']:.4f}"] if model else ["-", "-"])
+        lines.append("| " + " | ".join(cells) + " |")
+    o, gap = result["oracle"], result["model_minus_oracle"]
+    total = [f"**{result['entropy_bits_per_pixel']:.4f}** (the entropy)", f"**{o['bpd']:.4f} +- {o['stderr']:.4f}**"]
+    total += ([f"**{model['bpd']:.4f} +- {model['stderr']:.4f}**", f"**{gap['bpd']:.4f} +- {gap['stderr']:.4f}**"]
+              if model else ["-", "-"])
+    lines.append("| **total** | " + " | ".join(total) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -530,18 +530,21 @@ class ToySegmentation:
             torch.zeros(0, self.height, self.width, dtype=torch.long)
 
     def _render(self, choices: torch.Tensor) -> torch.Tensor:
-        n = len(choices)
         horizon = torch.tensor(self._layout.horizons)[choices[:, 0]]
         depth = torch.tensor(self._layout.depths)[choices[:, 1]]
-        rows = torch.arange(self.height)[None, :, None]
-        maps = torch.where(rows < horizon[:, None, None], SKY,
-                           torch.where(rows < (horizon + depth)[:, None, None], SIDEWALK, ROAD))
-        maps = maps.expand(n, self.height, self.width).contiguous()
+        maps = self._background(horizon, depth)
         for i, stamp in enumerate(self._stamps):
             index = self._patch_index(stamp, horizon, depth)
             patch = stamp.bank[choices[:, 2 + i]]
             maps[index] = torch.where(patch >= 0, patch, maps[index])
         return maps
+
+    def _background(self, horizon: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """``[n, H, W]``: sky above the horizon, then the sidewalk, then road; no stamps yet."""
+        rows = torch.arange(self.height)[None, :, None]
+        maps = torch.where(rows < horizon[:, None, None], SKY,
+                           torch.where(rows < (horizon + depth)[:, None, None], SIDEWALK, ROAD))
+        return maps.expand(len(horizon), self.height, self.width).contiguous()
 
     def _patch_index(self, stamp: _Stamp, horizon: torch.Tensor, depth: torch.Tensor):
         """Advanced index of every map's patch: ``maps[index]`` is ``[n, patch_rows, patch_cols]``."""
@@ -587,12 +590,14 @@ class ToySegmentation:
 
         - ``log_evidence`` ``[n]``: ``log sum_maps p(map) prod_pixels p(o_yx | map_yx)`` in nats
           (``-inf`` where no map in the support explains ``o``);
-        - ``marginals`` ``[n, H, W, K]``: each pixel's posterior over classes given all of ``o``.
+        - ``marginals`` ``[n, H, W, K]``: each pixel's posterior over classes given all of ``o``
+          (meaningless where the evidence is ``-inf``).
 
         Sum-product over the choices: given the horizon and the sidewalk depth (15 pairs at
         32 x 32), a building and the people and trees standing in front of it are summed over
         jointly, every other stamp on its own, and the pairs are then mixed by their posterior
-        weights. ``tests/test_data.py`` checks it against the enumerated support of 8 x 8 maps.
+        weights. Computed on the CPU. ``tests/test_data.py`` checks it against the enumerated support
+        of 8 x 8 maps.
         Used by :class:`mdiff_lite.models.OracleDenoiser`.
         """
         K, H, W = self.num_classes, self.height, self.width
@@ -602,11 +607,14 @@ class ToySegmentation:
             raise ValueError(f"log_likelihood must have shape [n, {H}, {W}, {K}], got {tuple(log_likelihood.shape)}")
         if torch.isnan(log_likelihood).any() or (log_likelihood == math.inf).any():
             raise ValueError("log_likelihood holds NaN or +inf")
+        if len(log_likelihood) > 128:   # in pieces: the sums' temporaries grow with the number of maps
+            pieces = [self.posterior(piece) for piece in log_likelihood.split(128)]
+            return torch.cat([e for e, _ in pieces]), torch.cat([m for _, m in pieces])
         n = log_likelihood.shape[0]
         # One-hot matrix products sum log-likelihoods; -inf would turn 0 * -inf into NaN there, so an
         # impossible class gets a finite stand-in that still sends exp() to 0, and -inf comes back at
         # the end.
-        L = log_likelihood.double().clamp(min=_IMPOSSIBLE).reshape(n, H * W, K)
+        L = log_likelihood.detach().cpu().double().clamp(min=_IMPOSSIBLE).reshape(n, H * W, K)
         best = torch.full((n,), -math.inf, dtype=torch.float64)   # running max of the log weights
         total = torch.zeros(n, dtype=torch.float64)               # sum of exp(log weight - best)
         marginals = torch.zeros(n, H * W, K, dtype=torch.float64)
@@ -637,17 +645,15 @@ class ToySegmentation:
         each with a key that is equal for groups placed alike over the same background."""
         if self._plan is None:
             H, W = self.height, self.width
-            plan, plans_by_key = [], {}
+            plan, plans_by_key, one_hots = [], {}, {}
             for i_h, horizon in enumerate(self._layout.horizons):
                 for i_d, depth in enumerate(self._layout.depths):
-                    rows = torch.arange(H)[:, None]
-                    background = torch.where(rows < horizon, SKY, torch.where(rows < horizon + depth, SIDEWALK, ROAD))
-                    background = background.expand(H, W).reshape(-1)
+                    h, d = torch.tensor([horizon]), torch.tensor([depth])
+                    background = self._background(h, d).reshape(-1)
                     rects = []   # each stamp's rectangle as flat pixel indices
                     for stamp in self._stamps:
-                        top = stamp.top[0] * horizon + stamp.top[1] * depth + stamp.top[2]
-                        r, c = stamp.bank.shape[1:]
-                        rects.append(((top + torch.arange(r))[:, None] * W + stamp.left + torch.arange(c)).reshape(-1))
+                        _, rows, cols = self._patch_index(stamp, h, d)
+                        rects.append((rows * W + cols).reshape(-1))
                     in_stamp = torch.zeros(H * W, dtype=torch.bool)
                     groups = []
                     for group in _overlap_groups(rects, H * W):
@@ -655,19 +661,27 @@ class ToySegmentation:
                         in_stamp[pixels] = True
                         key = (tuple(group), tuple(pixels.tolist()), background[pixels].numpy().tobytes())
                         if key not in plans_by_key:
-                            plans_by_key[key] = self._group_plan(group, rects, background)
+                            plans_by_key[key] = self._group_plan(group, rects, background, one_hots)
                         groups.append((key, plans_by_key[key]))
                     log_prior = self._log_probs[0][i_h] + self._log_probs[1][i_d]
                     plan.append((log_prior, background, (~in_stamp).nonzero().squeeze(1), groups))
             self._plan = plan
         return self._plan
 
-    def _group_plan(self, group: list, rects: list, background: torch.Tensor) -> dict:
+    def _group_plan(self, group: list, rects: list, background: torch.Tensor, one_hots: dict) -> dict:
         """One stamp (the base) and the stamps drawn over it (the covers, which do not meet each
         other), as one-hot matrices: what each base value shows on the pixels no cover reaches, and
         for each cover, what each of its values shows over each distinct pattern the base leaves
-        under it (few patterns among a building's thousands of values)."""
+        under it (few patterns among a building's thousands of values). Equal matrices are kept
+        once in ``one_hots`` (every lot at every horizon draws the same buildings)."""
         K = self.num_classes
+
+        def one_hot(classes: torch.Tensor) -> torch.Tensor:
+            key = (tuple(classes.shape), classes.numpy().tobytes())
+            if key not in one_hots:
+                one_hots[key] = _flat_one_hot(classes, K)
+            return one_hots[key]
+
         base, covers = group[0], group[1:]
         bank = self._stamps[base].bank.reshape(len(self._stamps[base].bank), -1)
         rect = rects[base]
@@ -676,7 +690,7 @@ class ToySegmentation:
             covered |= torch.isin(rect, rects[j])
         free = rect[~covered]
         shown = torch.where(bank[:, ~covered] >= 0, bank[:, ~covered], background[free])
-        plan = {"free": free, "onehot": _flat_one_hot(shown, K), "log_prior": self._log_probs[2 + base],
+        plan = {"free": free, "onehot": one_hot(shown), "log_prior": self._log_probs[2 + base],
                 "covers": []}
         for j in covers:
             pixels = rects[j]
@@ -688,7 +702,7 @@ class ToySegmentation:
             cover_bank = self._stamps[j].bank.reshape(len(self._stamps[j].bank), -1)
             drawn = torch.where(cover_bank[None] >= 0, cover_bank[None], patterns[:, None])   # [patterns, values, px]
             plan["covers"].append({"pixels": pixels, "which": which, "patterns": len(patterns),
-                                   "onehot": _flat_one_hot(drawn.reshape(-1, len(pixels)), K),
+                                   "onehot": one_hot(drawn.reshape(-1, len(pixels))),
                                    "log_prior": self._log_probs[2 + j]})
         return plan
 

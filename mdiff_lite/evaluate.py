@@ -27,7 +27,7 @@ from .diffusion import UniformTimeSampler, bits_per_dim, training_loss, vlb_term
 from .models import check_schedule_matches
 from .schedules import Schedule
 
-__all__ = ["evaluate_bound", "estimate_bound", "bound_breakdown"]
+__all__ = ["evaluate_bound", "estimate_bound", "bound_breakdown", "tenths"]
 
 BOUND_EXACT = ("variational bound (eq. 3), all T terms per map, each at one draw of x_t; "
                "an upper bound on the negative log-likelihood in expectation; +- one standard error over maps")
@@ -130,12 +130,17 @@ def estimate_bound(model, schedule: Schedule, maps: torch.Tensor, *, k: int = 8,
     }
 
 
+def tenths(T: int) -> list[int]:
+    """The upper ends of ten equal ranges of t in 1..T (fewer when T < 10)."""
+    return sorted({max(1, round(T * (i + 1) / 10)) for i in range(10)})
+
+
 def bound_breakdown(per_t_bpd, edges=None) -> list[dict]:
     """Where the bound is spent: the share of ``per_t_bpd`` (from :func:`evaluate_bound`) in
-    ranges of t. ``edges`` are the upper ends of the ranges (default: 10 equal ranges);
+    ranges of t. ``edges`` are the upper ends of the ranges (default: :func:`tenths`);
     the prior term (last column) is reported on its own."""
     T = len(per_t_bpd) - 1
-    edges = edges or sorted({max(1, round(T * (i + 1) / 10)) for i in range(10)})
+    edges = edges or tenths(T)
     total = sum(per_t_bpd)
     rows, lo = [], 1
     for hi in edges:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .schedules import make_schedule
+from .schedules import Schedule, make_schedule
 
 __all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches"]
 
@@ -258,12 +258,14 @@ class OracleDenoiser:
     the best any network can do is each pixel's exact marginal ``q(x_{t-1} | x_t)``. Eq. 14 gives
     that marginal when ``x0_hat(k)`` is proportional to ``p(x_0 = k | x_t) / q(x_t | x_0 = k)`` at
     the pixel: the posterior of x0 given every pixel, the pixel's own evidence taken out again
-    (eq. 13 multiplies it back in). The decoder of eq. 16 is best as ``p(x_0 | x_1)`` itself. So
+    (eq. 14 multiplies it back in). The decoder of eq. 16 is best as ``p(x_0 | x_1)`` itself. So
     this denoiser's bound is the lowest any denoiser of this form reaches at this T; what is left
     above the entropy is the price of the independent pixels, and it shrinks as T grows.
 
     ``dataset`` must offer ``posterior(log_likelihood)`` (:meth:`mdiff_lite.data.ToySegmentation.posterior`).
-    Follows the denoiser protocol, in float64: ``oracle(x_t, t) -> logits [B, H, W, K]``.
+    Follows the denoiser protocol, in float64: ``oracle(x_t, t) -> logits [B, H, W, K]``, computed on
+    the CPU and returned on the device of ``x_t``. It has no weights: ``sampling.sample`` needs its
+    ``shape`` and ``device`` given.
     ``benchmarks/oracle.py`` holds it against the trained denoiser.
     """
 
@@ -281,16 +283,21 @@ class OracleDenoiser:
         return torch.where(F.one_hot(x_t, K).bool(), torch.logaddexp(log_keep, log_noise), log_noise)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_likelihood = self.log_likelihood(x_t, t)
+        x_t_cpu, t_cpu = x_t.cpu(), t.cpu()
+        log_likelihood = self.log_likelihood(x_t_cpu, t_cpu)
         _, marginals = self.dataset.posterior(log_likelihood)
         log_posterior = marginals.log()
-        return torch.where((t == 1).view(-1, 1, 1, 1), log_posterior, log_posterior - log_likelihood)
+        logits = torch.where((t_cpu == 1).view(-1, 1, 1, 1), log_posterior, log_posterior - log_likelihood)
+        return logits.to(x_t.device)
 
 
 def check_schedule_matches(model, schedule) -> None:
     """A :class:`Denoiser` reads alpha_bar_t from its own schedule (the Bayes term and the time
     scale): evaluating or sampling it with another schedule would silently compute nonsense."""
     config = getattr(model, "config", None)
+    own = getattr(model, "schedule", None)   # an OracleDenoiser's
+    if isinstance(own, Schedule) and own.to_dict() != schedule.to_dict():
+        raise ValueError(f"the oracle was built for the schedule {own.to_dict()}, not {schedule.to_dict()}")
     if isinstance(config, DenoiserConfig) and make_schedule(**config.schedule).to_dict() != schedule.to_dict():
         raise ValueError(f"the model was built for the schedule {config.schedule}, not {schedule.to_dict()}; "
                          "use make_schedule(**model.config.schedule)")

@@ -64,9 +64,7 @@ def test_oracle_against_a_checkpoint_on_the_same_maps(tmp_path):
     result = load("oracle").main(["--checkpoint", str(ckpt), "--eval-maps", "3", "--info-maps", "4",
                                   "--json", str(tmp_path / "o.json")])
     assert result["T"] == 10 and result["model"]["n_images"] == result["oracle"]["n_images"] == 3
-    prior = result["rows"][-1]
-    # The prior term is exact and the same for any denoiser (float32 against float64 here).
-    assert prior["t"] == "prior" and prior["model_bpd"] == pytest.approx(prior["oracle_bpd"], rel=1e-5)
+    assert (tmp_path / "o.md").read_text().count("\n| ") == len(result["rows"]) + 1   # rows and total
     # Barely trained, the model pays far more than the best denoiser.
     assert result["model_minus_oracle"]["bpd"] > 0.5
     with pytest.raises(SystemExit):

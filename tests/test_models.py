@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mdiff_lite import make_schedule, one_hot, q_marginal, q_posterior, vlb_terms
+from mdiff_lite.evaluate import evaluate_bound
 from mdiff_lite.data import ToySegmentation
 from mdiff_lite.models import Denoiser, DenoiserConfig, OracleDenoiser, count_parameters, folded_one_hot
 
@@ -109,13 +110,14 @@ def test_oracle_reverse_step_is_the_exact_marginal_of_the_reverse_process():
     # On the 8 x 8 toy maps, whose 130 340 maps can be enumerated: for x_t drawn from a real map,
     # eq. 14 with the oracle's x0_hat must give each pixel's q(x_{t-1} | x_t) =
     # sum over maps of p(map | x_t) q(x_{t-1} | x_t, map) (eq. 13), and at t = 1 its x0_hat must be
-    # p(x_0 | x_1) itself. Enumerated here with transition-matrix-free eq. 13 per class.
+    # p(x_0 | x_1) itself.
     ds, K, T = ToySegmentation(8, 8), 8, 20
     s = make_schedule("hoogeboom-cosine", T)
     oracle = OracleDenoiser(ds, s)
     maps = ds.render(torch.cartesian_prod(*[torch.arange(len(v.values)) for v in ds.variables]))
     log_p = ds.log_prob(maps)
     flat = maps.reshape(len(maps), -1)
+    slot = (torch.arange(64) * K + flat).reshape(-1)            # (pixel, class) of each map's pixels
     g = torch.Generator().manual_seed(5)
     x0 = ds.sample(4, g)
     t = torch.tensor([1, 2, 9, 20])
@@ -124,9 +126,12 @@ def test_oracle_reverse_step_is_the_exact_marginal_of_the_reverse_process():
     x0_hat = torch.softmax(oracle(x_t, t), -1)
     assert x0_hat.dtype == torch.float64
     for b in range(4):
-        likelihood = q_marginal(one_hot(flat, K, torch.float64), t[b], s)          # q(x_t | x_0 = map) per pixel
-        log_joint = log_p + likelihood.gather(-1, x_t[b].reshape(1, -1, 1).expand(len(maps), -1, 1)).log().sum((1, 2))
-        marginal = (torch.softmax(log_joint, 0)[:, None, None] * one_hot(flat, K, torch.float64)).sum(0)   # p(x_0 | x_t)
+        a = s.alpha_bars[t[b]].item()
+        same = flat == x_t[b].reshape(1, -1)                      # q(x_t | x_0 = map), eq. 12, pixel by pixel
+        log_q = torch.tensor([math.log((1 - a) / K), math.log(a + (1 - a) / K)], dtype=torch.float64)
+        log_joint = log_p + log_q[same.long()].sum(1)
+        weights = torch.softmax(log_joint, 0).repeat_interleave(64)
+        marginal = torch.zeros(64 * K, dtype=torch.float64).index_add_(0, slot, weights).view(64, K)   # p(x_0 | x_t)
         if t[b] == 1:
             torch.testing.assert_close(x0_hat[b].reshape(-1, K), marginal, rtol=1e-9, atol=1e-12)
             continue
@@ -136,6 +141,8 @@ def test_oracle_reverse_step_is_the_exact_marginal_of_the_reverse_process():
         expected = (marginal[:, :, None] * per_class).sum(1)
         got = q_posterior(x_t_onehot, x0_hat[b].reshape(-1, K), t[b], s)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="schedule"):
+        evaluate_bound(oracle, make_schedule("hoogeboom-cosine", 10), x0, progress=False)
 
 
 def test_oracle_needs_an_exact_posterior():
