@@ -86,9 +86,10 @@ print(f"the shipped metadata, all 1000 test maps: {meta['test_bpd']:.4f} ± {met
 
 # %% [markdown]
 # The per-$t$ terms tell where the bits go. Tiny $t$ costs almost nothing (the Bayes term of the
-# denoiser makes $\hat x_0$ sharp when $x_t$ is nearly clean), very large $t$ little too (nothing is left
-# to predict but the prior); the middle, where the network must guess structure from a half-destroyed
-# map, is where a better network would gain.
+# denoiser makes $\hat x_0$ sharp when $x_t$ is nearly clean). The late steps cost the most, but that is
+# mostly the information the forward process destroys there, which every model pays (notebook 05
+# compares with the best denoiser there is). The middle, where the network must restore structure
+# from a half-destroyed map, is where a better network would gain.
 
 # %%
 per_t = torch.tensor(exact["per_t_bpd"])
@@ -251,7 +252,7 @@ plot_grid(torch.cat(shown), data, ncols=n, titles=[name if i % n == 0 else "" fo
 # | Cityscapes 32 × 64, 8 classes (bits per pixel) | 0.305 (official repository; the first paper version: 0.37) | reported worse | | |
 #
 # The paper's Cityscapes model is a 30M-parameter U-Net trained for 500 GPU epochs at $T = 4000$; ours
-# is 2.2M parameters and 45 minutes on one CPU core. On text8 an *autoregressive* flow with variational dequantization
+# is 2.2M parameters and 45 minutes on 2 CPU cores. On text8 an *autoregressive* flow with variational dequantization
 # beats multinomial diffusion: the comparison that favours diffusion is at equal architectures.
 #
 # ## Summary

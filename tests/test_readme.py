@@ -1,4 +1,4 @@
-"""The README is the front door: its results table is the benchmark's own output, its notebook
+"""The README is the front door: its results tables are the benchmarks' own output, its notebook
 table lists every notebook with the time and memory its committed run recorded, and what it links
 to exists."""
 
@@ -19,6 +19,10 @@ def between(name):
 
 def test_likelihood_table_is_the_benchmarks_output():
     assert between("likelihood") == (ROOT / "benchmarks/results/likelihood_cpu.md").read_text().strip()
+
+
+def test_oracle_table_is_the_benchmarks_output():
+    assert between("oracle") == (ROOT / "benchmarks/results/oracle_cpu.md").read_text().strip()
 
 
 def test_notebook_table_matches_the_committed_runs():
