@@ -104,10 +104,10 @@ def main(argv=None) -> dict:
     oracle_parts = {r["t"]: r["bpd"] for r in bound_breakdown(oracle["per_t_bpd"], edges)}
     model_parts = {r["t"]: r["bpd"] for r in bound_breakdown(trained["per_t_bpd"], edges)} if trained else {}
     for hi in edges:
-        before = per_map[lo - 1] if lo > 1 else None
-        lost = (before - per_map[hi]) if before is not None else None
-        info, info_se = mean_se(lost) if lost is not None else (entropy - per_map[hi].mean().item(),
-                                                                 mean_se(per_map[hi])[1])
+        if lo == 1:   # I(x_0; x_0) is the entropy, exactly
+            info, info_se = entropy - per_map[hi].mean().item(), mean_se(per_map[hi])[1]
+        else:         # per map, so the standard error is that of the difference
+            info, info_se = mean_se(per_map[lo - 1] - per_map[hi])
         key = f"{lo}-{hi}"
         rows.append({"t": key, "information_bpd": info, "information_stderr": info_se,
                      "oracle_bpd": oracle_parts[key], "model_bpd": model_parts.get(key)})
