@@ -36,10 +36,10 @@ from mdiff_lite.train import load_denoiser, pretrained_path  # noqa: E402
 LOG2 = math.log(2)
 
 
-def information(ds, schedule, maps: torch.Tensor, ts: list, seed: int, batch: int = 256) -> dict:
+def information(oracle: OracleDenoiser, maps: torch.Tensor, ts: list, seed: int, batch: int = 256) -> dict:
     """Per map, ``log q(x_t | x_0) - log q(x_t)`` in bits per pixel at one draw of x_t for each t in
     ``ts`` (t >= 1): their mean over maps estimates I(x_0; x_t)."""
-    oracle = OracleDenoiser(ds, schedule)
+    ds, schedule = oracle.dataset, oracle.schedule
     g = torch.Generator().manual_seed(seed)
     D = maps[0].numel()
     out = {}
@@ -87,13 +87,14 @@ def main(argv=None) -> dict:
 
     # Exact bounds, same maps, same draws of x_t (same seed, same batching).
     kwargs = dict(batch_size=16, max_batch=512, seed=args.seed)
-    oracle = evaluate_bound(OracleDenoiser(ds, schedule), schedule, maps, **kwargs)
+    best = OracleDenoiser(ds, schedule)
+    oracle = evaluate_bound(best, schedule, maps, **kwargs)
     trained = evaluate_bound(model, schedule, maps, **kwargs) if model is not None else None
     nll = -ds.log_prob(maps) / (D * LOG2)   # these maps' exact negative log-likelihood, bits per pixel
 
     # I(x_0; x_t) at the range edges; I(x_0; x_0) is the entropy itself.
     start = time.perf_counter()
-    per_map = information(ds, schedule, test[:args.info_maps], edges, args.seed + 1)
+    per_map = information(best, test[:args.info_maps], edges, args.seed + 1)
     info_seconds = time.perf_counter() - start
     entropy = ds.entropy_bits_per_pixel
 

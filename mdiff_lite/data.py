@@ -350,12 +350,6 @@ def _codes(patch: torch.Tensor, classes: tuple[int, ...], num_classes: int) -> t
 _IMPOSSIBLE = -1e200   # stands in for log 0 in ToySegmentation.posterior's sums
 
 
-def _flat_one_hot(classes: torch.Tensor, K: int) -> torch.Tensor:
-    """``[m, pixels]`` class ids -> float64 ``[m, pixels * K]``: a matrix product with a row of
-    per-pixel log-likelihoods sums them over the pixels."""
-    return torch.nn.functional.one_hot(classes, K).double().reshape(len(classes), -1)
-
-
 def _overlap_groups(rects: list, size: int) -> list:
     """Stamps (by index, in drawing order) grouped by overlapping rectangles. Each group must be
     one stamp (the base) and later stamps that meet it but not each other: the shape that
@@ -677,9 +671,11 @@ class ToySegmentation:
         K = self.num_classes
 
         def one_hot(classes: torch.Tensor) -> torch.Tensor:
+            """``[m, pixels]`` class ids -> float64 ``[m, pixels * K]``: a matrix product with a row
+            of per-pixel log-likelihoods sums them over the pixels."""
             key = (tuple(classes.shape), classes.numpy().tobytes())
             if key not in one_hots:
-                one_hots[key] = _flat_one_hot(classes, K)
+                one_hots[key] = torch.nn.functional.one_hot(classes, K).double().reshape(len(classes), -1)
             return one_hots[key]
 
         base, covers = group[0], group[1:]

@@ -128,6 +128,16 @@ def folded_one_hot(x: torch.Tensor, num_classes: int, fold: int) -> torch.Tensor
     return out.scatter_(1, index * (f * f) + offset, 1.0)
 
 
+def _log_likelihood_of_x0(x_t: torch.Tensor, log_alpha_bar: torch.Tensor, log_one_minus_alpha_bar: torch.Tensor,
+                          K: int) -> torch.Tensor:
+    """``log q(x_t | x_0 = k)`` for every class k, ``[B, H, W, K]`` (eq. 12 read as a likelihood of
+    x_0), from each example's ``log alpha_bar_t`` and ``log(1 - alpha_bar_t)`` (``[B]``): two values
+    per pixel, the larger one at the class x_t shows."""
+    log_noise = (log_one_minus_alpha_bar - math.log(K)).view(-1, 1, 1, 1)
+    log_same = torch.logaddexp(log_alpha_bar.view(-1, 1, 1, 1), log_noise)
+    return torch.where(F.one_hot(x_t, K).bool(), log_same, log_noise)
+
+
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, conv; the time embedding shifts and scales the middle; a residual path."""
 
@@ -218,10 +228,7 @@ class Denoiser(nn.Module):
 
     def bayes_logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log q(x_t | x_0 = k)`` for every class k (eq. 12 as a likelihood of x_0), ``[B, H, W, K]``."""
-        K = self.num_classes
-        log_noise = (self.log_one_minus_alpha_bars[t] - math.log(K))[:, None, None, None]
-        log_same = torch.logaddexp(self.log_alpha_bars[t][:, None, None, None], log_noise)
-        return torch.where(F.one_hot(x_t, K).bool(), log_same, log_noise)
+        return _log_likelihood_of_x0(x_t, self.log_alpha_bars[t], self.log_one_minus_alpha_bars[t], self.num_classes)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -277,10 +284,8 @@ class OracleDenoiser:
 
     def log_likelihood(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log q(x_t | x_0 = k)`` at every pixel for every class k (eq. 12), float64 ``[B, H, W, K]``."""
-        K = self.num_classes
-        log_keep = self.schedule.log_alpha_bars.to(x_t.device)[t].view(-1, 1, 1, 1)
-        log_noise = self.schedule.log_one_minus_alpha_bars.to(x_t.device)[t].view(-1, 1, 1, 1) - math.log(K)
-        return torch.where(F.one_hot(x_t, K).bool(), torch.logaddexp(log_keep, log_noise), log_noise)
+        return _log_likelihood_of_x0(x_t, self.schedule.log_alpha_bars.to(x_t.device)[t],
+                                     self.schedule.log_one_minus_alpha_bars.to(x_t.device)[t], self.num_classes)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x_t_cpu, t_cpu = x_t.cpu(), t.cpu()

@@ -21,16 +21,6 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def support():
-    """Every choice of the 8 x 8 generator, the map it draws and log_prob of that map."""
-    ds = ToySegmentation(8, 8)
-    sizes = [len(v.values) for v in ds.variables]
-    choices = torch.cartesian_prod(*[torch.arange(s) for s in sizes])
-    maps = ds.render(choices)
-    return ds, choices, maps, ds.log_prob(maps)
-
-
-@pytest.fixture(scope="module")
 def support_index(support):
     """Map (as bytes) -> its row in the enumeration: membership in the support, computed apart
     from log_prob and decode."""
@@ -143,22 +133,7 @@ def test_small_random_maps_are_off_the_support(support):
     assert torch.isinf(ds.log_prob(torch.randint(8, (500, 8, 8), generator=seeded(3)))).all()
 
 
-def _enumerated_posterior(support, log_likelihood):
-    """log evidence and per-pixel marginals by summing over every map of the 8 x 8 support."""
-    ds, _, maps, log_p = support
-    K = ds.num_classes
-    flat = maps.reshape(len(maps), -1)
-    index = torch.arange(flat.shape[1]) * K + flat                       # [maps, pixels] into [pixels * K]
-    onehot = torch.nn.functional.one_hot(flat, K).double().reshape(len(maps), -1)
-    evidence, marginals = [], []
-    for table in log_likelihood.reshape(len(log_likelihood), -1):
-        log_joint = log_p + table[index].sum(1)
-        evidence.append(torch.logsumexp(log_joint, 0))
-        marginals.append((torch.softmax(log_joint, 0) @ onehot).view(8, 8, K))
-    return torch.stack(evidence), torch.stack(marginals)
-
-
-def test_posterior_is_bayes_over_the_enumerated_support(support):
+def test_posterior_is_bayes_over_the_enumerated_support(support, enumerated_posterior):
     ds = support[0]
     g = seeded(11)
     # Arbitrary per-pixel evidence, some of it ruling classes out, and the evidence of noisy maps.
@@ -170,7 +145,7 @@ def test_posterior_is_bayes_over_the_enumerated_support(support):
     keep = torch.tensor([0.9, 0.5, 0.05], dtype=torch.float64).view(3, 1, 1, 1)
     tables = torch.cat([tables, torch.log(keep * torch.nn.functional.one_hot(noisy, 8) + (1 - keep) / 8)])
     log_evidence, marginals = ds.posterior(tables)
-    expected_evidence, expected_marginals = _enumerated_posterior(support, tables)
+    expected_evidence, expected_marginals = enumerated_posterior(tables)
     assert log_evidence[1] == -math.inf
     ok = torch.arange(len(tables)) != 1
     torch.testing.assert_close(log_evidence[ok], expected_evidence[ok], rtol=1e-12, atol=1e-10)
