@@ -167,7 +167,8 @@ def q_posterior(x_t: torch.Tensor, x0: torch.Tensor, t, schedule: Schedule) -> t
     then non-negative and the first is positive, so theta~ always normalises to valid
     probabilities. At ``t = 1`` it gives ``x0`` itself (for a one-hot ``x0``), and with
     ``x0_hat`` it is the decoder ``p(x_0 | x_1) ∝ x0_hat * (alpha_1 x_1 + (1 - alpha_1) / K)``
-    used by the official code in place of eq. 16.
+    that this package uses (and the official code): eq. 16 with the decoder's probabilities, the
+    pixel's own ``x_1`` multiplied in as at every other t (:mod:`mdiff_lite.models` says why).
 
     Args:
         x_t, x0: ``[..., K]``, broadcasting against each other.
@@ -252,8 +253,8 @@ def categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def log_categorical(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Eq. 16: ``log C(x | probs) = sum_k x_k log probs_k`` in nats, for one-hot ``x``
-    (for a probability vector ``x`` it is the cross-entropy's negative). In eq. 16,
-    ``probs = x0_hat`` and this is ``log p(x_0 | x_1)``."""
+    (for a probability vector ``x`` it is the cross-entropy's negative). In eq. 16, ``probs`` are
+    the decoder's probabilities and this is ``log p(x_0 | x_1)``."""
     _check_probs(x, "x")
     _check_probs(probs, "probs")
     if x.shape[-1] != probs.shape[-1]:
@@ -485,22 +486,25 @@ def _check_x0_batch(x0, K: int) -> torch.Tensor:
 
 
 def _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
-    """L_t for each example (nats, summed over its dimensions): -log p(x_0 | x_1) (eq. 16) where
-    t = 1, the eq. 15 KL where t >= 2. ``t`` has shape [B]; ``log_x0_hat`` is ``[B, K, *dims]``."""
+    """L_t for each example (nats, summed over its dimensions): the decoder term
+    -log p(x_0 | x_1) where t = 1, the eq. 15 KL where t >= 2. ``t`` has shape [B];
+    ``log_x0_hat`` is ``[B, K, *dims]``.
+
+    The reverse step is eq. 14 at every t, ``p(x_{t-1} | x_t) = C(theta_post(x_t, x0_hat))``;
+    at t = 1 it is the decoder, ``∝ x0_hat * q(x_1 | x_0)``. Since ``q(x_0 | x_1, x_0)`` is x_0
+    itself, the KL at t = 1 is the decoder's negative log-likelihood of x_0."""
     B = x0.shape[0]
     t_b = t.view((B,) + (1,) * (x0.ndim - 1))  # broadcasts over the dimensions
-    nll = -log_x0_hat.gather(1, x0.unsqueeze(1)).squeeze(1)
+    dtype = log_x0_hat.dtype
+    log_likelihood = _log_q_t_given_prev(x_t, t_b, schedule, K, dtype)  # shared by q and p
+    log_p = _log_posterior(x_t, log_x0_hat, t_b, schedule, K, dtype, log_likelihood)
+    nll = -log_p.gather(1, x0.unsqueeze(1)).squeeze(1)
     if schedule.T == 1:
-        per_dim = nll
-    else:
-        # Rows with t = 1 get a KL evaluated at t = 2 that is then discarded: at t = 1 the true
-        # posterior has exact zeros, and 0 * log 0 would fill the discarded branch with NaN.
-        t_kl = t_b.clamp(min=2)
-        dtype = log_x0_hat.dtype
-        log_likelihood = _log_q_t_given_prev(x_t, t_kl, schedule, K, dtype)  # shared by q and p
-        log_q = _log_posterior(x_t, x0, t_kl, schedule, K, dtype, log_likelihood)
-        log_p = _log_posterior(x_t, log_x0_hat, t_kl, schedule, K, dtype, log_likelihood)
-        per_dim = torch.where(t_b == 1, nll, _kl_from_logs(log_q, log_p))
+        return nll.reshape(B, -1).sum(1)
+    # Rows with t = 1 get a KL from the true posterior at t = 2, discarded below: at t = 1 that
+    # posterior has exact zeros, and 0 * log 0 would fill the discarded branch with NaN.
+    log_q = _log_posterior(x_t, x0, t_b.clamp(min=2), schedule, K, dtype, log_likelihood)
+    per_dim = torch.where(t_b == 1, nll, _kl_from_logs(log_q, log_p))
     return per_dim.reshape(B, -1).sum(1)
 
 
@@ -508,7 +512,9 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
               generator: torch.Generator | None = None, max_batch: int | None = None) -> torch.Tensor:
     """The terms of minus eq. 3 for each example, in nats summed over its dimensions: ``[B, T + 1]``.
 
-    - column 0: ``-log p(x_0 | x_1)`` (eq. 16) at a fresh ``x_1 ~ q(x_1 | x_0)``;
+    - column 0: ``-log p(x_0 | x_1)``, the decoder term, at a fresh ``x_1 ~ q(x_1 | x_0)``, with
+      ``p(x_0 | x_1) = C(theta_post(x_1, x0_hat)) ∝ x0_hat * q(x_1 | x_0)`` (eq. 16 read with the
+      decoder's probabilities; :mod:`mdiff_lite.models` says why);
     - column ``t - 1`` for ``t = 2 .. T``: ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))``
       (eq. 15) at a fresh ``x_t ~ q(x_t | x_0)``;
     - column ``T``: ``KL(q(x_T | x_0) || p(x_T))``, exact (no sampling).
@@ -560,7 +566,8 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
     """Eq. 17: the training objective, an unbiased one-sample estimate of ``-(eq. 3)``.
 
     For each example a time ``t ~ p(t)`` is drawn by ``t_sampler`` and the loss is
-    ``L_t / p(t) + KL(q(x_T | x_0) || p(x_T))``, where ``L_1 = -log p(x_0 | x_1)`` and
+    ``L_t / p(t) + KL(q(x_T | x_0) || p(x_T))``, where ``L_1 = -log p(x_0 | x_1)`` (the decoder
+    of :func:`vlb_terms`) and
     ``L_t`` (t >= 2) is the eq. 15 KL. Since ``E_t[L_t / p(t)] = sum_t L_t``, the expectation
     is minus eq. 3 in nats per example (with a uniform ``p(t) = 1 / T`` this is ``T * L_t``).
     The observed ``L_t`` are passed to ``t_sampler.update`` (importance sampling learns from them).
@@ -599,11 +606,11 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
 
 def _x0_nll(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
     """-log p(x_0 | x_t) per example (nats, summed over dimensions) under the model's posterior
-    ``x0_hat * q(x_t | x_0), normalised`` for t >= 2, and eq. 16 (x0_hat itself) at t = 1."""
+    ``x0_hat * q(x_t | x_0), normalised`` (at t = 1, the decoder)."""
     B = x0.shape[0]
     t_b = t.view((B,) + (1,) * (x0.ndim - 1))
     log_lik = _log_marginal(x_t, t_b, schedule, K, log_x0_hat.dtype)  # log q(x_t | x_0 = k) for every k
-    log_post = torch.log_softmax(log_x0_hat + torch.where(t_b.unsqueeze(1) == 1, 0.0, log_lik), 1)
+    log_post = torch.log_softmax(log_x0_hat + log_lik, 1)
     return -log_post.gather(1, x0.unsqueeze(1)).reshape(B, -1).sum(1)
 
 
@@ -617,7 +624,7 @@ def x0_nll(denoiser, x0: torch.Tensor, t, schedule: Schedule, *, num_classes: in
     is the true posterior ``q(x_0 | x_t)`` of each pixel; the KL of eq. 15 is minimised by the
     same ``x0_hat``. So this cross-entropy is a denser training signal with the same optimum
     (D3PM's auxiliary loss, Austin et al. 2021, taken through the model's posterior). At
-    ``t = 1`` it is eq. 16, ``-log x0_hat``. ``t``: an int or LongTensor ``[B]`` in 1 .. T.
+    ``t = 1`` it is the decoder term. ``t``: an int or LongTensor ``[B]`` in 1 .. T.
     """
     _check_schedule(schedule)
     K = _resolve_num_classes(denoiser, num_classes)
@@ -668,12 +675,17 @@ class UniformTimeSampler:
 
 
 class ImportanceTimeSampler(UniformTimeSampler):
-    """``p(t) ∝ sqrt(E[L_t^2])``, the official code's importance sampling of t.
+    """Importance sampling of t, ``p(t) ∝ sqrt(E[L_t^2])``, as Nichol & Dhariwal (2021, "Improved
+    denoising diffusion probabilistic models") estimate it.
 
-    ``E[L_t^2]`` is estimated from the last ``history`` losses seen at each t. Until every t has
-    been seen ``history`` times, t is drawn uniformly (the warm-up). A small uniform share
+    ``E[L_t^2]`` is the mean of the last ``history`` squared losses seen at each t. Until every t
+    has been seen ``history`` times, t is drawn uniformly (the warm-up). A small uniform share
     (``uniform_mix``) keeps every ``p(t)`` positive, so ``L_t / p(t)`` stays unbiased.
     This choice of p(t) minimises the variance of ``L_t / p(t)`` over distributions of t.
+
+    The official multinomial-diffusion code uses the same ``p(t)`` with another estimate: an
+    exponential moving average of ``L_t^2`` (weight 0.1 on each new loss) instead of a history,
+    uniform t until every t has more than 10 visits, and ``t = 1`` given the weight of ``t = 2``.
     """
 
     def __init__(self, T: int, history: int = 10, uniform_mix: float = 1e-4):

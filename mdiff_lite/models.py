@@ -11,20 +11,27 @@ Three choices make it small and fast enough for a laptop CPU:
   per minute: with the first design, ``fold = 2`` (channels 48/96/96) reached a lower bound in the
   same 10 CPU minutes (the README's results table). But it takes about three times as long to
   evaluate, and the exact evaluation of 1000 maps must fit in 10 CPU minutes, so fold 4 stays.
-- **Bayes at the decoder.** At ``t = 1`` the logits are ``log q(x_1 | x_0 = k) + correction``:
-  the first term is what the observed ``x_1`` alone says about each candidate class ``k`` (eq. 12
-  read as a likelihood of ``x_0``), sharp because ``x_1`` is almost surely ``x_0``. The decoder of
-  eq. 16 *is* ``x0_hat`` at ``t = 1``, so its best value is the full posterior of ``x_0`` given
-  ``x_1``, own pixel included; a network without the term must learn to copy its input with
-  near-certainty, and in a calibration run it did not, which cost a third of the whole bound.
-  At ``t >= 2`` the term is left out (``bayes_logits="decoder"``, the default): eq. 14 multiplies
-  ``x0_hat`` by the same likelihood of the pixel's own ``x_t`` again (eq. 13's first factor), so the
-  best ``x0_hat`` there predicts a pixel from the *other* pixels, and adding the term would count
-  the pixel's own evidence twice, leaving the network to learn to take it out. Measured
-  (``python benchmarks/quality.py --compare bayes-all:2.5``): the README's results table.
-  ``bayes_logits="all"`` adds the term at every t (the design of the first shipped models),
-  ``"none"`` never. The last layer starts at zero, so an untrained network at ``t = 1`` is exactly
-  the Bayesian posterior under a uniform prior over classes, and at ``t >= 2`` the uniform guess.
+- **One meaning of x0_hat at every t.** Eq. 14 weighs each candidate ``x_0 = k`` by
+  ``x0_hat(k) * q(x_t | x_0 = k)``: it multiplies in the likelihood of the pixel's own ``x_t``
+  itself (eq. 13's first factor). So the best ``x0_hat`` predicts a pixel from the *other*
+  pixels, and the network never adds ``log q(x_t | x_0 = k)`` to its logits. The decoder follows
+  the same rule: :mod:`mdiff_lite.diffusion` uses ``p(x_0 | x_1) = C(theta_post(x_1, x0_hat))
+  ∝ x0_hat * q(x_1 | x_0)``, eq. 14 at ``t = 1`` (the official code's decoder form), which is
+  eq. 16 read with the decoder's probabilities. That term is sharp from the start, because ``x_1``
+  is almost surely ``x_0``: a decoder that is ``x0_hat`` alone needs a network that copies its input
+  with near-certainty, and in a calibration run such a network was not sharp, which cost a third
+  of the whole bound. And a sampler's last jump, from any t straight to ``x_0``, is then the same
+  posterior as every other jump (:mod:`mdiff_lite.sampling`).
+
+  Earlier checkpoints had the network add the term itself at ``t = 1`` and used ``x0_hat`` alone
+  as the decoder: ``softmax(correction + log q(x_1 | x_0))`` is exactly the decoder above with
+  ``x0_hat = softmax(correction)``, so those checkpoints (``bayes_logits="decoder"``) load
+  unchanged and score the same bound; but with the term inside the network, the sampler's last
+  jump from t >= 2 to 0 lost each pixel's own evidence. ``bayes_logits="all"`` also adds the term
+  at ``t >= 2``, counting the pixel's evidence twice there (the first shipped models' design,
+  kept so that ``python benchmarks/quality.py --compare bayes-all:2.5`` can measure its cost:
+  the README's results table). The last layer starts at zero, so an untrained network
+  predicts the uniform ``x0_hat`` and its decoder is Bayes' rule under a uniform prior.
 - **Attention** only at the lowest resolution, where it is cheap and links the far sides of
   the map.
 
@@ -44,7 +51,9 @@ from .schedules import Schedule, make_schedule
 
 __all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches"]
 
-BAYES_LOGITS = ("decoder", "all", "none")
+# Where log q(x_t | x_0 = k) enters: "decoder" only (in the decoder, through eq. 14 at t = 1), or
+# "all" (also added to the network's logits at t >= 2: the first design, evidence counted twice).
+BAYES_LOGITS = ("decoder", "all")
 
 
 @dataclass
@@ -65,17 +74,20 @@ class DenoiserConfig:
     embed_dim: int = 32  # width of the sinusoidal time embedding
     attention: bool = True
     groups: int = 8
-    bayes_logits: str = "decoder"  # where to add log q(x_t | x_0 = k): "decoder" (t = 1), "all", "none"
+    bayes_logits: str = "decoder"  # where log q(x_t | x_0 = k) enters: "decoder" (t = 1, eq. 14), "all"
     dropout: float = 0.0
 
     def __post_init__(self):
-        # Checkpoints of the first models stored a bool: True meant at every t.
-        if isinstance(self.bayes_logits, bool):
-            self.bayes_logits = "all" if self.bayes_logits else "none"
+        # Checkpoints of the first models stored a bool: True meant at every t; False meant
+        # nowhere, with x0_hat alone as the decoder, a model this version does not build.
+        if self.bayes_logits is True:
+            self.bayes_logits = "all"
 
     def validate(self) -> None:
         if self.bayes_logits not in BAYES_LOGITS:
-            raise ValueError(f"bayes_logits must be one of {', '.join(BAYES_LOGITS)}, got {self.bayes_logits!r}")
+            hint = (" (a model without the term, whose decoder was x0_hat alone, is not built any more)"
+                    if self.bayes_logits in (False, "none") else "")
+            raise ValueError(f"bayes_logits must be one of {', '.join(BAYES_LOGITS)}, got {self.bayes_logits!r}{hint}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         scale = self.fold * 2 ** (len(self.channels) - 1)
@@ -245,16 +257,10 @@ class Denoiser(nn.Module):
         h = self.head(h)
         if cfg.fold > 1:
             h = F.pixel_shuffle(h, cfg.fold)
-        logits = h.permute(0, 2, 3, 1)
-        # Added in float32 even under autocast: the term is large and exact.
-        if cfg.bayes_logits == "all":
-            logits = logits.float() + self.bayes_logits(x_t, t)
-        elif cfg.bayes_logits == "decoder":
-            logits = logits.float()
-            at_one = t == 1
-            if at_one.any():  # in evaluation, one call in a thousand
-                logits = logits.clone()
-                logits[at_one] += self.bayes_logits(x_t[at_one], t[at_one])
+        logits = h.permute(0, 2, 3, 1).float()  # float32 even under autocast: the loss takes logs
+        if cfg.bayes_logits == "all":  # the first design: the evidence again at t >= 2 (not at t = 1,
+            # where the decoder multiplies it in; so a first-design checkpoint scores as it did)
+            logits = logits + torch.where((t == 1).view(-1, 1, 1, 1), 0.0, self.bayes_logits(x_t, t))
         return logits
 
 
@@ -265,8 +271,8 @@ class OracleDenoiser:
     the best any network can do is each pixel's exact marginal ``q(x_{t-1} | x_t)``. Eq. 14 gives
     that marginal when ``x0_hat(k)`` is proportional to ``p(x_0 = k | x_t) / q(x_t | x_0 = k)`` at
     the pixel: the posterior of x0 given every pixel, the pixel's own evidence taken out again
-    (eq. 14 multiplies it back in). The decoder of eq. 16 is best as ``p(x_0 | x_1)`` itself. So
-    this denoiser's bound is the lowest any denoiser of this form reaches at this T; what is left
+    (eq. 14 multiplies it back in). The decoder is eq. 14 at ``t = 1``, so the same rule makes it
+    ``p(x_0 | x_1)`` itself. So this denoiser's bound is the lowest any denoiser of this form reaches at this T; what is left
     above the entropy is the price of the independent pixels, and it shrinks as T grows.
 
     ``dataset`` must offer ``posterior(log_likelihood)`` (:meth:`mdiff_lite.data.ToySegmentation.posterior`).
@@ -283,17 +289,17 @@ class OracleDenoiser:
         self.num_classes, self.T = dataset.num_classes, schedule.T
 
     def log_likelihood(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``log q(x_t | x_0 = k)`` at every pixel for every class k (eq. 12), float64 ``[B, H, W, K]``."""
-        return _log_likelihood_of_x0(x_t, self.schedule.log_alpha_bars.to(x_t.device)[t],
-                                     self.schedule.log_one_minus_alpha_bars.to(x_t.device)[t], self.num_classes)
+        """``log q(x_t | x_0 = k)`` at every pixel for every class k (eq. 12), float64 ``[B, H, W, K]``
+        on the CPU (float64 work stays there: MPS has no float64)."""
+        x_t, t = x_t.cpu(), t.cpu()
+        return _log_likelihood_of_x0(x_t, self.schedule.log_alpha_bars[t], self.schedule.log_one_minus_alpha_bars[t],
+                                     self.num_classes)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_t_cpu, t_cpu = x_t.cpu(), t.cpu()
-        log_likelihood = self.log_likelihood(x_t_cpu, t_cpu)
+        log_likelihood = self.log_likelihood(x_t, t)
         _, marginals = self.dataset.posterior(log_likelihood)
-        log_posterior = marginals.log()
-        logits = torch.where((t_cpu == 1).view(-1, 1, 1, 1), log_posterior, log_posterior - log_likelihood)
-        return logits.to(x_t.device)
+        logits = marginals.log() - log_likelihood
+        return (logits.float() if x_t.device.type == "mps" else logits).to(x_t.device)  # MPS has no float64
 
 
 def check_schedule_matches(model, schedule) -> None:

@@ -1,12 +1,17 @@
 """Generating maps: ancestral sampling, sampling in fewer steps, inpainting.
 
 The generative model of the paper: ``x_T`` uniform, then ``x_{t-1} ~ p(x_{t-1} | x_t) =
-C(theta_post(x_t, x0_hat))`` (eq. 14) down to ``t = 1``, and ``x_0 ~ C(x0_hat(x_1, 1))``
-(eq. 16). Its likelihood is what :mod:`mdiff_lite.evaluate` bounds.
+C(theta_post(x_t, x0_hat))`` (eq. 14) down to ``t = 1``, where the same step is the decoder,
+``x_0 ~ p(x_0 | x_1) ∝ x0_hat * q(x_1 | x_0)``. Its likelihood is what :mod:`mdiff_lite.evaluate`
+bounds.
 
 With fewer steps the sampler visits a decreasing grid ``T = t_0 > t_1 > ... > t_n = 0`` and
 jumps with ``q(x_s | x_t, x0_hat)`` (:func:`mdiff_lite.diffusion.q_posterior_skip`): the same
-network, no retraining, n network calls instead of T.
+network, no retraining, n network calls instead of T. The last jump, from ``t_{n-1}`` to 0, is no
+exception: ``q(x_0 | x_t, x0_hat) ∝ x0_hat * q(x_t | x_0)``. ``x0_hat`` predicts each pixel from
+the *other* pixels (:mod:`mdiff_lite.models`), so drawing ``x_0`` from ``x0_hat`` alone would
+throw away what the pixel's own ``x_t`` says (an earlier version did, and its few-step samples
+were measurably worse: ``benchmarks/samples.py``; the README has the numbers).
 
 Inpainting keeps known pixels: after every step, the known pixels are replaced by a fresh
 draw of ``q(x_s | x_0 = known)``, so that they carry exactly the noise level the network expects
@@ -49,15 +54,10 @@ def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, ma
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((n,), t, device=x.device, dtype=torch.long)
         x0_hat = torch.softmax(model(x, t_vec).float(), -1)
-        if s == 0:
-            # Eq. 16, p(x_0 | x_1) = C(x0_hat); for a jump from t > 1 straight to x_0 the same:
-            # x0_hat already weighs in what x_t says about x_0 (the denoiser sees x_t).
-            probs = x0_hat
-        else:
-            # The unchecked twin: the inputs are ours, and the checks (sums, ranges) would cost
-            # a synchronising pass over the batch at every one of the T steps.
-            probs = _q_posterior_skip(F.one_hot(x, K).float(), x0_hat, torch.tensor(t, device=x.device),
-                                      torch.tensor(s, device=x.device), schedule)
+        # Every jump, the last one (s = 0) included. The unchecked twin: the inputs are ours, and
+        # the checks (sums, ranges) would cost a synchronising pass over the batch at every step.
+        probs = _q_posterior_skip(F.one_hot(x, K).float(), x0_hat, torch.tensor(t, device=x.device),
+                                  torch.tensor(s, device=x.device), schedule)
         x = sample_index(probs, generator)
         if known is not None:
             noisy_known = q_sample(known, s, schedule, K, generator) if s > 0 else known

@@ -294,7 +294,7 @@ def exact_one_pixel(table: np.ndarray, s, x0: int):
     Qbars = [Q_bar(s, t, K) for t in range(T + 1)]
     x0_hat = np.exp(log_softmax(table, -1))  # [t, x_t, class]
 
-    def reverse(t, i):  # p(x_{t-1} = . | x_t = i), eq. 14 from the matrices
+    def reverse(t, i):  # p(x_{t-1} = . | x_t = i), eq. 14 from the matrices; at t = 1 the decoder
         theta = Qs[t][:, i] * (x0_hat[t, i] @ Qbars[t - 1])
         return theta / theta.sum()
 
@@ -302,15 +302,14 @@ def exact_one_pixel(table: np.ndarray, s, x0: int):
     for chain in itertools.product(range(K), repeat=T):  # chain[t - 1] = x_t
         xs = (x0,) + chain
         log_q = sum(math.log(Qs[t][xs[t - 1], xs[t]]) for t in range(1, T + 1))
-        log_p = -math.log(K) + math.log(x0_hat[1, xs[1], x0])
-        log_p += sum(math.log(reverse(t, xs[t])[xs[t - 1]]) for t in range(2, T + 1))
+        log_p = -math.log(K) + sum(math.log(reverse(t, xs[t])[xs[t - 1]]) for t in range(1, T + 1))
         elbo += math.exp(log_q) * (log_p - log_q)
         log_terms_p.append(log_p)
     # log p(x0): sum p(x_{0:T}) over the chains.
     log_px0 = logsumexp(log_terms_p)
 
     expected = np.zeros(T + 1)
-    expected[0] = -sum(Qbars[1][x0, i] * math.log(x0_hat[1, i, x0]) for i in range(K))
+    expected[0] = -sum(Qbars[1][x0, i] * math.log(reverse(1, i)[x0]) for i in range(K))
     for t in range(2, T + 1):
         for i in range(K):
             post = Qbars[t - 1][x0] * Qs[t][:, i]
@@ -408,11 +407,12 @@ def test_x0_nll_is_the_cross_entropy_of_the_models_posterior(one_pixel_world, t)
     g = torch.Generator().manual_seed(t)
     for x0 in range(K):
         nll = D.x0_nll(TableDenoiser(torch.from_numpy(table)), torch.full((n,), x0), t, s, generator=g)
-        # By the matrices: x_t ~ row x0 of Q_bar_t; at t >= 2 the posterior is x0_hat * Q_bar_t[:, x_t].
+        # By the matrices: x_t ~ row x0 of Q_bar_t; the posterior is x0_hat * Q_bar_t[:, x_t] (at
+        # t = 1 too: the decoder).
         Qb = Q_bar(s, t, K)
         expected = 0.0
         for i in range(K):
-            post = x0_hat[t, i] * (Qb[:, i] if t >= 2 else 1.0)
+            post = x0_hat[t, i] * Qb[:, i]
             expected += Qb[x0, i] * -math.log(post[x0] / post.sum())
         assert abs(nll.mean().item() - expected) <= 5 * nll.std().item() / math.sqrt(n) + 1e-12
 
