@@ -70,10 +70,13 @@ def main(argv=None) -> dict:
     ds = dataset_by_name("toyseg")
     model = None
     if args.checkpoint != "none":
-        model, meta = load_denoiser(args.checkpoint)
+        try:
+            model, meta = load_denoiser(args.checkpoint)
+        except (ValueError, OSError) as err:  # a bad file: one line naming it, as the CLI answers
+            parser.exit(2, f"error: {err}\n")
         if meta.get("dataset") != "toyseg" or meta.get("permute_seed") is not None:
-            parser.error(f"{args.checkpoint} was not trained on the toy maps as they are "
-                         f"(dataset {meta.get('dataset')!r}, permute_seed {meta.get('permute_seed')!r})")
+            parser.exit(2, f"error: {args.checkpoint} was not trained on the toy maps as they are "
+                           f"(dataset {meta.get('dataset')!r}, permute_seed {meta.get('permute_seed')!r})\n")
         if args.T is not None and args.T != model.T:
             parser.error(f"--T {args.T} differs from the checkpoint's T = {model.T}")
         schedule = make_schedule(**model.config.schedule)

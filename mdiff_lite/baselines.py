@@ -55,7 +55,6 @@ pixel against the true entropy, with and without permuted labels).
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import time
@@ -66,8 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import load_weights, read_checkpoint, write_checkpoint
 from .diffusion import bits_per_dim
-from .train import _atomic_save, load_checkpoint
 
 __all__ = ["KINDS", "DequantizationFlow", "preprocess", "preprocess_inverse", "fit_flow", "evaluate_flow",
            "save_flow", "load_flow", "pretrained_flow_path", "load_pretrained_flow"]
@@ -601,7 +600,7 @@ def evaluate_flow(model: DequantizationFlow, maps: torch.Tensor, *, k: int = 1, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (the same file format as the denoiser's: weights plus JSON metadata, atomic writes)
+# Checkpoints (the denoiser's file format, from mdiff_lite.checkpoint: weights plus JSON metadata)
 # ---------------------------------------------------------------------------------------------
 
 def save_flow(path, model: DequantizationFlow, meta: dict | None = None, *,
@@ -611,22 +610,29 @@ def save_flow(path, model: DequantizationFlow, meta: dict | None = None, *,
         raise TypeError(f"model must be a DequantizationFlow, got {type(model).__name__}")
     weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     meta = dict(meta or {}, flow_config={k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()})
-    _atomic_save({"model": weights, "meta_json": json.dumps(meta)}, path)
+    write_checkpoint(path, weights, meta, kind="flow")
+
+
+def _load_flow(path, device, dataset: str | None = None,
+               flow_kind: str | None = None) -> tuple[DequantizationFlow, dict]:
+    weights, meta, _ = read_checkpoint(path, kind="flow", dataset=dataset)
+    config = dict(meta["flow_config"])
+    if flow_kind is not None and config.get("kind") != flow_kind:
+        raise ValueError(f"{path}: holds a {config.get('kind')!r} flow, not {flow_kind!r}")
+    try:
+        kind, K, H, W = (config.pop(k) for k in ("kind", "num_classes", "height", "width"))
+        model = DequantizationFlow(kind, K, H, W, **{k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in config.items()})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its flow_config describes no flow ({err})") from None
+    load_weights(model, weights, path)
+    return model.to(torch.device(device) if device is not None else torch.device("cpu")).eval(), meta
 
 
 def load_flow(path, device=None) -> tuple[DequantizationFlow, dict]:
-    """Rebuild a flow saved by :func:`save_flow`, in eval mode: ``(model, meta)``."""
-    weights, meta, _ = load_checkpoint(path)
-    if "flow_config" not in meta:
-        raise ValueError(f"{path} holds no dequantization flow (no flow_config in its metadata); "
-                         "denoiser checkpoints load with mdiff_lite.train.load_denoiser")
-    config = dict(meta["flow_config"])
-    kind, K, H, W = (config.pop(k) for k in ("kind", "num_classes", "height", "width"))
-    model = DequantizationFlow(kind, K, H, W, **{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in config.items()})
-    ref = model.state_dict()
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in weights.items()}, strict=True)
-    return model.to(torch.device(device) if device is not None else torch.device("cpu")).eval(), meta
+    """Rebuild a flow saved by :func:`save_flow`, in eval mode: ``(model, meta)``. Any other file
+    is refused with one line: see :mod:`mdiff_lite.checkpoint`."""
+    return _load_flow(path, device)
 
 
 def pretrained_flow_path(dataset: str, kind: str):
@@ -642,5 +648,6 @@ def pretrained_flow_path(dataset: str, kind: str):
 
 
 def load_pretrained_flow(dataset: str, kind: str, device=None) -> tuple[DequantizationFlow, dict]:
-    """A shipped baseline (trained by ``benchmarks/likelihood.py``) and its metadata."""
-    return load_flow(pretrained_flow_path(dataset, kind), device)
+    """A shipped baseline (trained by ``benchmarks/likelihood.py``) and its metadata; a file there
+    that holds a flow of another dataset or kind is refused."""
+    return _load_flow(pretrained_flow_path(dataset, kind), device, dataset=dataset, flow_kind=kind)

@@ -38,8 +38,14 @@ def _command(args) -> str:
     return "python -m mdiff_lite " + " ".join(shlex.quote(a) for a in args.argv)
 
 
-def _dataset_of(meta: dict):
-    return dataset_by_name(meta["dataset"], meta.get("permute_seed"))
+def _load(path, device):
+    """The denoiser in ``path``, its metadata and the dataset it was trained on: eval and sample
+    need that dataset (its test maps, its colours), so a checkpoint that names none is refused."""
+    model, meta = load_denoiser(path, device)
+    if meta.get("dataset") is None:
+        raise ValueError(f"{path}: names no dataset (trained by fit() without meta['dataset']?), "
+                         "so there are no test maps to use")
+    return model, meta, dataset_by_name(meta["dataset"], meta.get("permute_seed"))
 
 
 def _entropy(ds):
@@ -89,8 +95,7 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     device = pick_device(args.device, verbose=not args.json)
-    model, meta = load_denoiser(args.checkpoint, device)
-    ds = _dataset_of(meta)
+    model, meta, ds = _load(args.checkpoint, device)
     test = ds.split("test")
     if args.n:
         test = test[: args.n]
@@ -135,8 +140,7 @@ def cmd_sample(args) -> None:
     from .sampling import sample
 
     device = pick_device(args.device)
-    model, meta = load_denoiser(args.checkpoint, device)
-    ds = _dataset_of(meta)
+    model, meta, ds = _load(args.checkpoint, device)
     schedule = make_schedule(**meta["model_config"]["schedule"])
     generator = torch.Generator(device=device).manual_seed(args.seed)
     maps = sample(model, schedule, args.n, steps=args.steps, generator=generator).cpu()
@@ -181,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU; or $MDIFF_DEVICE), cpu, cuda, mps")
     p.add_argument("--threads", type=_threads, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--out", required=True, help="checkpoint path; an existing one is resumed unless --no-resume")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="train afresh, overwriting --out")
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="hoogeboom-cosine")
     p.add_argument("--batch-size", type=int, default=64)
@@ -234,6 +238,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # a bad file or argument: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # train has saved its checkpoint and said so
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

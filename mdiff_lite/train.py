@@ -8,8 +8,8 @@ exponential moving average (EMA) of the weights, which is what gets evaluated an
 rate decays over whichever budget runs out first. Under ``torchrun`` it trains with
 DistributedDataParallel, and all ranks keep the same weights and the same importance sampler.
 
-Checkpoints are ``torch.save`` dicts of tensors plus JSON-able metadata, written atomically
-(a temporary file, then ``os.replace``) and read with ``torch.load(weights_only=True)``.
+Checkpoints (:mod:`mdiff_lite.checkpoint`) are ``torch.save`` dicts of tensors plus JSON-able
+metadata, written atomically and read with ``torch.load(weights_only=True)``.
 
 Taught in notebook 05.
 """
@@ -21,8 +21,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import __version__
+from .checkpoint import check_meta, load_weights, read_checkpoint, update_meta, write_checkpoint
 from .diffusion import ImportanceTimeSampler, UniformTimeSampler, bits_per_dim, training_loss
 from .models import Denoiser, DenoiserConfig, count_parameters
 from .schedules import Schedule, make_schedule
@@ -108,29 +110,8 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (the file format and its checks: mdiff_lite.checkpoint, shared with the flows)
 # ---------------------------------------------------------------------------------------------
-
-
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; a checkpoint is an ordinary file
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path, model: Denoiser, meta: dict, *, training_state: dict | None = None,
@@ -138,42 +119,19 @@ def save_checkpoint(path, model: Denoiser, meta: dict, *, training_state: dict |
     """Write ``{"model": weights, "meta": meta as JSON, "training": ...}`` atomically.
 
     ``model`` should hold the weights to evaluate (the EMA). ``training_state`` (optimizer,
-    raw weights, sampler, step, ...) makes the file resumable; shipped checkpoints leave it out.
-    ``weights_dtype=torch.float16`` halves the file for shipping.
+    raw weights, sampler, step, random states...) makes the file resumable; shipped checkpoints
+    leave it out. ``weights_dtype=torch.float16`` halves the file for shipping.
     """
     weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v).cpu()
                for k, v in model.state_dict().items()}
-    meta = dict(meta, model_config=model.config.to_dict())
-    json.dumps(meta)  # refuse metadata that is not JSON-able before writing anything
-    obj = {"model": weights, "meta_json": json.dumps(meta)}
-    if training_state is not None:
-        obj["training"] = training_state
-    _atomic_save(obj, path)
-
-
-def _load(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(obj, dict) or "model" not in obj or "meta_json" not in obj:
-        raise ValueError(f"{path} is not an mdiff_lite checkpoint (no 'model' and 'meta_json' entries)")
-    return obj
+    write_checkpoint(path, weights, dict(meta, model_config=model.config.to_dict()), kind="denoiser",
+                     training_state=training_state)
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[dict, dict, dict | None]:
-    """``(weights, meta, training_state or None)`` from a checkpoint file."""
-    obj = _load(path, map_location)
-    return obj["model"], json.loads(obj["meta_json"]), obj.get("training")
-
-
-def update_meta(path, **fields) -> dict:
-    """Add or change metadata fields of a checkpoint file, atomically; returns the new metadata."""
-    obj = _load(path)
-    meta = dict(json.loads(obj["meta_json"]), **fields)
-    obj["meta_json"] = json.dumps(meta)
-    _atomic_save(obj, path)
-    return meta
+    """``(weights, meta, training_state or None)`` from a checkpoint file of any kind; a file that
+    is none is refused with one line (:func:`mdiff_lite.checkpoint.read_checkpoint`)."""
+    return read_checkpoint(path, map_location)
 
 
 def _load_weights_into(model: Denoiser, weights: dict, meta: dict, source) -> None:
@@ -188,18 +146,25 @@ def _load_weights_into(model: Denoiser, weights: dict, meta: dict, source) -> No
         lines = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(differences.items()))
         raise ValueError(f"{source} was saved from a denoiser with another configuration ({lines}); "
                          "build the model with load_denoiser() or the checkpoint's model_config")
-    ref = model.state_dict()
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in weights.items()}, strict=True)
+    load_weights(model, weights, source)
+
+
+def _load_denoiser(path, device, dataset: str | None = None) -> tuple[Denoiser, dict]:
+    weights, meta, _ = read_checkpoint(path, kind="denoiser", dataset=dataset)
+    try:
+        model = Denoiser(DenoiserConfig.from_dict(meta["model_config"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its model_config describes no denoiser ({err})") from None
+    _load_weights_into(model, weights, meta, path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return model.to(device).eval(), meta
 
 
 def load_denoiser(path, device=None) -> tuple[Denoiser, dict]:
     """Rebuild the denoiser a checkpoint was saved from, with its weights, in eval mode:
-    ``(model, meta)``. ``meta`` holds the config, schedule, dataset, steps, test bits per pixel..."""
-    weights, meta, _ = load_checkpoint(path)
-    model = Denoiser(DenoiserConfig.from_dict(meta["model_config"]))
-    _load_weights_into(model, weights, meta, path)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return model.to(device).eval(), meta
+    ``(model, meta)``. ``meta`` holds the config, schedule, dataset, steps, test bits per pixel...
+    Any other file is refused with one line: see :mod:`mdiff_lite.checkpoint`."""
+    return _load_denoiser(path, device)
 
 
 PRETRAINED = ("toyseg", "digits")
@@ -214,8 +179,9 @@ def pretrained_path(name: str) -> Path:
 
 def load_pretrained(name: str, device=None) -> tuple[Denoiser, dict]:
     """The shipped denoiser for ``"toyseg"`` or ``"digits"`` and its metadata (the commands
-    that trained, exported and evaluated it, and its exact test bits per pixel)."""
-    return load_denoiser(pretrained_path(name), device)
+    that trained, exported and evaluated it, and its exact test bits per pixel). A file there
+    that holds a model of another dataset is refused."""
+    return _load_denoiser(pretrained_path(name), device, dataset=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +215,70 @@ def _distributed() -> tuple[bool, int, int]:
     return False, 0, 1
 
 
+# The training config's budget: a resumed run may change it (to extend the run). Everything else in
+# the config, the data and the network defines the run, and a resume must not mix two runs.
+_BUDGET_FIELDS = ("steps", "max_seconds", "checkpoint_every")
+
+
+def _run_of(meta: dict) -> dict:
+    """What defines the run a checkpoint's metadata describes, one entry per field:
+    ``{"dataset": "toyseg", "train_config.lr": 0.003, "model_config.schedule.T": 1000, ...}``."""
+    model_config = meta.get("model_config") or {}
+    try:  # in today's form (defaults filled in, old spellings converted)
+        model_config = DenoiserConfig.from_dict(model_config).to_dict()
+    except (TypeError, ValueError):
+        pass
+    train_config = {k: v for k, v in (meta.get("train_config") or {}).items() if k not in _BUDGET_FIELDS}
+    run = {k: meta[k] for k in ("dataset", "permute_seed", "train_maps_shape") if k in meta}
+    for part, fields in (("train_config", train_config), ("model_config", model_config)):
+        for k, v in fields.items():
+            if isinstance(v, dict):  # the schedule: an entry per field, so a message names the one that differs
+                run.update({f"{part}.{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                run[f"{part}.{k}"] = v
+    return run
+
+
+def _run_differences(saved: dict, now: dict) -> list[str]:
+    """``"field: X in the checkpoint, Y now"`` for each field that defines the run and differs.
+    A field the checkpoint does not record (a file from an older version) cannot be compared."""
+    old, new = _run_of(saved), _run_of(json.loads(json.dumps(now)))  # both in JSON's types
+    return [f"{k}: {old[k]!r} in the checkpoint, {new.get(k)!r} now" for k in sorted(old) if old[k] != new.get(k)]
+
+
+def _random_states(generators, device: torch.device) -> dict:
+    """Every random state a training step draws from: fit's generators, and torch's global
+    generators (dropout draws from those)."""
+    states = {"device": device.type, "generators": [g.get_state() for g in generators],
+              "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_random_states(states, generators, device: torch.device) -> bool:
+    """Restore what :func:`_random_states` saved, if it was saved on this kind of device (a CUDA
+    generator's state means nothing to the CPU's); returns whether it could."""
+    if not isinstance(states, dict) or states.get("device") != device.type:
+        return False
+    for g, state in zip(generators, states["generators"]):
+        g.set_state(state)
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+    return True
+
+
+def _catch_stop_signals(handler) -> dict:
+    """Route Ctrl-C (SIGINT) and SIGTERM to ``handler`` where Python's own handlers are in place
+    (one that someone else installed, a job runner's say, stays in charge), and only in the main
+    thread (the only one Python lets set handlers). Returns the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    return {s: signal.signal(s, handler) for s, default in defaults.items() if signal.getsignal(s) is default}
+
+
 def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = None, *,
         device=None, checkpoint_path=None, resume: bool = True, meta: dict | None = None,
         progress: bool = True) -> dict:
@@ -257,14 +287,25 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     Args:
         config: a :class:`TrainConfig` (its budget, optimiser settings, seed...).
         device: as for :func:`pick_device` (``None``/``"auto"``: CUDA, MPS, CPU).
-        checkpoint_path: where to save (every ``config.checkpoint_every`` steps and at the end);
-            with ``resume=True`` an existing file there is resumed from, if it was made with
-            the same model configuration.
-        meta: extra JSON-able metadata for the checkpoint (dataset, command...).
+        checkpoint_path: where to save (every ``config.checkpoint_every`` steps and at the end).
+            With ``resume=True`` an existing file there is resumed from: its random states too,
+            so that a run stopped and resumed ends bitwise equal (on the CPU) to one that never
+            stopped. A file of another run (other data, permutation, network, schedule, t
+            sampler, optimiser settings or seed: anything but the budget, ``steps``,
+            ``max_seconds`` and ``checkpoint_every``) is refused with every difference listed;
+            ``resume=False`` trains afresh and overwrites it.
+        meta: extra JSON-able metadata for the checkpoint (dataset, permute_seed, command...).
     Returns:
         the history: ``{"step": [...], "loss_bpd": [...], "lr": [...], "seconds": [...], ...}``,
         where ``loss_bpd`` is the running (EMA-smoothed) estimate of the bound in bits per pixel.
         The EMA weights are loaded into ``model`` at the end.
+
+    Ctrl-C or SIGTERM (a job scheduler, ``docker stop``): the step in progress finishes, the
+    checkpoint is saved, and then fit raises ``KeyboardInterrupt`` (Ctrl-C), or the signal is sent
+    again with the handler that was there before fit, so that by default the process ends as one
+    killed by SIGTERM (a scheduler sees what it expects). A second Ctrl-C stops at once, saving the
+    last finished step. This holds where Python's own handlers are in place, in the main thread;
+    the handlers are put back when fit ends.
     """
     config = config or TrainConfig()
     config.validate()
@@ -276,6 +317,11 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     cfg_h, cfg_w = model.config.height, model.config.width
     if tuple(train_maps.shape[1:]) != (cfg_h, cfg_w):
         raise ValueError(f"train_maps are {tuple(train_maps.shape[1:])}, the model expects {(cfg_h, cfg_w)}")
+    # What defines this run, as the checkpoint records it.
+    run_meta = dict(meta or {}, train_config=asdict(config), model_config=model.config.to_dict(),
+                    train_maps_shape=list(train_maps.shape))
+    if checkpoint_path is not None:
+        check_meta(run_meta, "fit's meta", kind="denoiser")  # now, not at the first save
 
     is_dist, rank, world = _distributed()
     device = pick_device(device, verbose=rank == 0) if not is_dist else torch.device(
@@ -290,24 +336,38 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     sampler = (ImportanceTimeSampler(schedule.T, history=config.importance_history)
                if config.t_sampler == "importance" else UniformTimeSampler(schedule.T))
     history = {"step": [], "loss_bpd": [], "lr": [], "seconds": []}
-    step, elapsed = 0, 0.0
+    step, elapsed, running = 0, 0.0, None
+    g = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
+    g_cpu = torch.Generator().manual_seed(config.seed * 1000 + rank + 1)
 
     if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
-        weights, old_meta, state = load_checkpoint(checkpoint_path)
+        weights, old_meta, state = read_checkpoint(checkpoint_path, kind="denoiser")
         if state is None:
             raise ValueError(f"{checkpoint_path} holds no training state (a shipped checkpoint?); "
                              "pass resume=False or another path to train afresh")
+        differences = _run_differences(old_meta, run_meta)
+        if differences:
+            raise ValueError(f"{checkpoint_path} holds another run, so it cannot be resumed ({'; '.join(differences)}); "
+                             "pass resume=False (on the command line: --no-resume) to train afresh and "
+                             "overwrite it, or choose another path")
         _load_weights_into(model, state["raw_model"], old_meta, checkpoint_path)
         _load_weights_into(ema, weights, old_meta, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         history = json.loads(state["history_json"])
+        running = state.get("running_bpd", history["loss_bpd"][-1] if history["loss_bpd"] else None)
+        saved_rng = state.get("random_states")
+        restored = (isinstance(saved_rng, list) and len(saved_rng) == world
+                    and _set_random_states(saved_rng[rank], (g, g_cpu), device))
+        if not restored:  # an older file, an interrupted multi-process run, or another kind of device
+            g.manual_seed(config.seed * 1000 + rank + 7919 * step)
+            g_cpu.manual_seed(config.seed * 1000 + rank + 7919 * step + 1)
         if rank == 0:
-            print(f"mdiff_lite: resuming from {checkpoint_path} at step {step}")
+            print(f"mdiff_lite: resuming from {checkpoint_path} at step {step}" + (
+                "" if restored else " (its random states do not fit this run: drawing afresh, so the run will "
+                                    "not repeat an uninterrupted one bit for bit)"))
 
-    g = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank + 7919 * step)
-    g_cpu = torch.Generator().manual_seed(config.seed * 1000 + rank + 7919 * step + 1)
     N, D = train_maps.shape[0], cfg_h * cfg_w
     use_amp = config.amp and device.type == "cuda"
     def sampler_update(t, losses):
@@ -326,18 +386,29 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         return ((config.steps is not None and step >= config.steps)
                 or (config.max_seconds is not None and elapsed >= config.max_seconds))
 
-    def save(final: bool) -> None:
-        if checkpoint_path is None or rank != 0:
+    def save(final: bool, random_states: dict, every_rank: bool) -> None:
+        """``random_states``: this rank's at the end of the last finished step; ``every_rank``: all
+        ranks are here together, so rank 0 can collect theirs."""
+        if checkpoint_path is None:
             return
-        info = dict(meta or {}, steps=step, wall_seconds=round(elapsed, 1), device=str(device),
-                    world_size=world, train_config=asdict(config), schedule=schedule.to_dict(),
-                    parameters=count_parameters(model), mdiff_lite=__version__, torch=torch.__version__,
-                    python=platform.python_version(), final=final,
-                    loss_bpd=history["loss_bpd"][-1] if history["loss_bpd"] else None)
+        if not is_dist:
+            all_states = [random_states]
+        elif every_rank:
+            all_states = [None] * world
+            dist.all_gather_object(all_states, random_states)
+        else:
+            all_states = None  # the other ranks are elsewhere: a resume draws afresh
+        if rank != 0:
+            return
+        info = dict(run_meta, steps=step, wall_seconds=round(elapsed, 1), device=str(device),
+                    world_size=world, schedule=schedule.to_dict(), parameters=count_parameters(model),
+                    mdiff_lite=__version__, torch=torch.__version__, python=platform.python_version(),
+                    final=final, loss_bpd=history["loss_bpd"][-1] if history["loss_bpd"] else None)
         info.setdefault("command", " ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
         state = {"raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                 "step": step, "elapsed": elapsed, "history_json": json.dumps(history)}
+                 "step": step, "elapsed": elapsed, "history_json": json.dumps(history),
+                 "running_bpd": running, "random_states": all_states}
         save_checkpoint(checkpoint_path, ema, info, training_state=state)
 
     if done():  # resumed with nothing left to do: leave the checkpoint (and its results) alone
@@ -349,13 +420,23 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         history["sampler_probs"] = sampler.probs().tolist()
         return history
 
+    received = []  # stop signals, honoured at the end of the step in progress
+
+    def on_signal(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop at once
+        received.append(int(signum))
+
     total = config.steps
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, desc="training",
                unit="step", dynamic_ncols=True)
-    running = history["loss_bpd"][-1] if history["loss_bpd"] else None
     start = time.perf_counter() - elapsed
+    stop_signal = 0
+    random_states = _random_states((g, g_cpu), device)
+    replaced = _catch_stop_signals(on_signal)
     try:
         while not done():
+            random_states = _random_states((g, g_cpu), device)  # as the last finished step left them
             index = torch.randint(0, N, (config.batch_size,), generator=g_cpu)
             x0 = train_maps[index].to(device, non_blocking=True)
             progress_frac = max(step / config.steps if config.steps else 0.0,
@@ -380,10 +461,12 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
             step += 1
             elapsed = time.perf_counter() - start
-            if is_dist:  # one clock for all ranks, or they disagree on the lr and on when to stop
-                clock = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            stop_signal = max(received, default=0)
+            if is_dist:  # one clock for all ranks, or they disagree on the lr and on when to stop;
+                # and a signal to any rank stops them all at the same step
+                clock = torch.tensor([elapsed, stop_signal], dtype=torch.float64, device=device)
                 dist.all_reduce(clock, op=dist.ReduceOp.MAX)
-                elapsed = float(clock)
+                elapsed, stop_signal = float(clock[0]), int(clock[1])
             loss = loss.detach()
             bpd = float(bits_per_dim(loss, D))
             if not math.isfinite(bpd):
@@ -396,14 +479,29 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 history["seconds"].append(round(elapsed, 2))
                 bar.set_postfix(bpd=f"{running:.3f}", loss=f"{float(loss) / D:.4f}", lr=f"{lr:.1e}")
             bar.update(1)
+            if stop_signal:
+                break
             if config.checkpoint_every and step % config.checkpoint_every == 0 and not done():
-                save(final=False)
+                save(final=False, random_states=_random_states((g, g_cpu), device), every_rank=True)
     except KeyboardInterrupt:
-        save(final=False)  # an interrupted run keeps every finished step, resumable
+        # Raised inside a step (a second Ctrl-C, or where fit could not catch the signal): the
+        # finished steps are kept, with the random states from before the unfinished one.
+        save(final=False, random_states=random_states, every_rank=False)
         raise
     finally:
         bar.close()
-    save(final=True)
+        for signum, previous in replaced.items():
+            signal.signal(signum, previous)
+    save(final=done(), random_states=_random_states((g, g_cpu), device), every_rank=True)
+    if stop_signal:
+        if rank == 0:
+            print(f"mdiff_lite: stopped by {signal.Signals(stop_signal).name} after step {step}"
+                  + (f"; {checkpoint_path} is saved, run the same again to resume" if checkpoint_path else ""))
+        if is_dist:
+            dist.barrier()  # no rank ends before rank 0 has written the checkpoint
+        if stop_signal == signal.SIGTERM:
+            signal.raise_signal(signal.SIGTERM)  # the handler from before fit: by default, the end
+        raise KeyboardInterrupt
     model.load_state_dict(ema.state_dict())
     model.eval()
     history["steps_per_second"] = step / elapsed if elapsed else None

@@ -280,9 +280,10 @@ def test_saved_flow_loads_with_the_same_bound(tmp_path, kind):
     model = DequantizationFlow(kind, 4, 8, 8, hidden=(8, 8), steps=(1, 1), dequantizer_hidden=8, dequantizer_steps=1)
     maps = torch.randint(0, 4, (16, 8, 8))
     fit_flow(model, maps, steps=3, progress=False)  # ActNorm initialised, weights moved off their start
-    save_flow(tmp_path / "f.pt", model, {"dataset": "toy"})
+    save_flow(tmp_path / "f.pt", model, {"data": "random maps"})
     loaded, meta = load_flow(tmp_path / "f.pt")
-    assert meta["dataset"] == "toy" and meta["flow_config"]["kind"] == kind and not loaded.training
+    assert meta["data"] == "random maps" and meta["flow_config"]["kind"] == kind and not loaded.training
+    assert meta["kind"] == "flow"
     model.eval()
     with torch.no_grad():
         expected = model.log_prob_bound(maps[:4], 2, torch.Generator().manual_seed(1))
@@ -296,7 +297,7 @@ def test_flow_checkpoint_errors(tmp_path):
 
     save_checkpoint(tmp_path / "d.pt", Denoiser(DenoiserConfig(num_classes=4, height=8, width=8, channels=(8,),
                                                                fold=1, groups=4, attention=False)), {})
-    with pytest.raises(ValueError, match="no dequantization flow"):
+    with pytest.raises(ValueError, match="holds a denoiser, not a dequantization flow"):
         load_flow(tmp_path / "d.pt")
     with pytest.raises(ValueError, match="kind must be one of"):
         load_pretrained_flow("toyseg", "argmax")

@@ -88,9 +88,9 @@ def test_checkpoints_round_trip_resume_and_refuse_other_configs(tmp_path):
     maps = striped_maps()
     model = Denoiser(tiny_config())
     fit(model, maps, TrainConfig(steps=10, batch_size=8, checkpoint_every=5), device="cpu",
-        checkpoint_path=path, meta={"dataset": "stripes"}, progress=False)
+        checkpoint_path=path, meta={"data": "stripes"}, progress=False)
     weights, meta, state = load_checkpoint(path)  # torch.load(weights_only=True) inside
-    assert meta["steps"] == 10 and meta["dataset"] == "stripes" and state["step"] == 10
+    assert meta["steps"] == 10 and meta["data"] == "stripes" and state["step"] == 10
     assert {"model_config", "schedule", "wall_seconds", "device", "mdiff_lite", "command"} <= set(meta)
 
     loaded, meta2 = load_denoiser(path)
