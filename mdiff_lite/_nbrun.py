@@ -8,6 +8,11 @@ The executed notebook records in its metadata (``mdiff_lite``) the hash of the c
 ran (:func:`source_hash`), the mode, the wall time and the kernel's peak memory, so a test can
 tell when committed outputs came from an older source. The ``.ipynb`` is written atomically,
 and only when every cell ran without an error (``make notebooks`` runs all of them in full mode).
+
+Its other metadata is what a JupyterLab save of the same run writes, so that opening, running and
+saving a notebook changes only its outputs: the kernelspec of the kernel that ran it, no cell
+timings (JupyterLab records none by default and deletes them on save), and the pairing without
+jupytext's ``text_representation`` (which the contents manager drops from ``.ipynb`` files).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+KERNEL = "python3"  # the kernel every notebook header names
 
 # Appended for the run, removed before saving: the kernel's peak resident memory, in bytes
 # (VmHWM on Linux; ru_maxrss elsewhere, which on Linux would also count the parent before exec).
@@ -48,6 +55,8 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
     """Run ``path`` (a ``.py``) in a fresh python3 kernel; write the executed ``.ipynb`` beside it
     (or in ``out``); return ``{"notebook", "seconds", "peak_memory_bytes", "smoke"}``."""
     import nbformat
+    from jupyter_client.kernelspec import get_kernel_spec
+    from jupytext.jupytext import drop_text_representation_metadata
     from nbclient import NotebookClient
 
     path = Path(path)
@@ -58,7 +67,7 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
     os.environ["MDIFF_SMOKE"] = "1" if smoke else "0"  # the kernel inherits this process's environment
     start = time.perf_counter()
     try:
-        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+        client = NotebookClient(notebook, timeout=timeout, kernel_name=KERNEL, record_timing=False,
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         client.execute()
     finally:
@@ -75,7 +84,11 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
     peak = int("".join(o.get("text", "") for o in memory_cell.outputs).strip() or 0)
     info = {"source_sha256": digest, "smoke": smoke, "seconds": round(seconds, 1), "peak_memory_bytes": peak}
     notebook.metadata["mdiff_lite"] = info
-    notebook.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    # As JupyterLab does when it starts a kernel: the spec's own names, not the .py header's
+    # (tests/test_notebooks.py checks that the two agree).
+    spec = get_kernel_spec(KERNEL)
+    notebook.metadata["kernelspec"] = {"display_name": spec.display_name, "language": spec.language, "name": KERNEL}
+    notebook = drop_text_representation_metadata(notebook)
     target = (Path(out) if out else path.parent) / (path.stem + ".ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)

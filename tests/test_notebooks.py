@@ -1,13 +1,21 @@
 """The notebooks: paired sources and outputs agree, committed outputs are current and error-free,
-and every notebook runs top to bottom in smoke mode in a fresh kernel."""
+opening and saving one in JupyterLab rewrites no byte of either file, and every notebook runs top
+to bottom in smoke mode in a fresh kernel."""
 
+import asyncio
 import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+from jupyter_client.kernelspec import get_kernel_spec
 
-from mdiff_lite._nbrun import execute, read_source, source_hash
+from mdiff_lite._nbrun import KERNEL, execute, read_source, source_hash
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ["01_forward_process", "02_posterior", "03_elbo", "04_noise_explorer", "05_train_denoiser",
@@ -33,6 +41,90 @@ def test_source_header_and_parameters_cell(path):
         "open with what the reader learns and how long it takes"
     assert any(c.cell_type == "markdown" and "exercise" in c.source.lower() for c in notebook.cells[-6:]), \
         "close with exercises"
+
+
+def _save_through_jupytext(folder: Path, name: str) -> None:
+    """What JupyterLab's open and save do to ``folder/name`` on the server's side: a GET and a PUT
+    through the contents manager the jupytext server extension installs, with the folder's
+    jupytext.toml (the frontend's own changes to the kernelspec and cell metadata are checked
+    by the tests that use this, against the installed kernel and JupyterLab's defaults)."""
+    manager = jupytext.AsyncTextFileContentsManager(root_dir=str(folder))
+
+    async def open_and_save():
+        model = await manager.get(name, content=True, type="notebook")
+        await manager.save({"type": "notebook", "format": "json", "content": model["content"]}, name)
+
+    asyncio.run(open_and_save())
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_saving_the_source_rewrites_no_byte(path, tmp_path):
+    """The header is what jupytext writes with the repository's jupytext.toml (a save would
+    otherwise add or change it, and `git status` would show every opened notebook)."""
+    shutil.copy(NOTEBOOKS / "jupytext.toml", tmp_path)
+    shutil.copy(path, tmp_path)  # alone: the header, not the committed .ipynb, decides
+    _save_through_jupytext(tmp_path, path.name)
+    saved = (tmp_path / path.name).read_text()
+    assert saved == path.read_text(), f"a save rewrites {path.name}'s header as:\n" + saved.split("\n# ---\n")[0]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_saving_the_pair_rewrites_no_byte(path, tmp_path):
+    """Opening and saving the pair leaves both files as committed, also when the .ipynb is the newer
+    file (after `make notebooks` or a pull of new outputs): jupytext then refuses to open the
+    notebook unless the .ipynb's metadata and cells give the .py's text back."""
+    for file in (NOTEBOOKS / "jupytext.toml", path, path.with_suffix(".ipynb")):
+        shutil.copy(file, tmp_path)
+    now = time.time()
+    os.utime(tmp_path / path.name, (now - 60, now - 60))
+    _save_through_jupytext(tmp_path, path.name)
+    for name in (path.name, path.with_suffix(".ipynb").name):
+        assert (tmp_path / name).read_bytes() == (NOTEBOOKS / name).read_bytes(), f"a save rewrites {name}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_kernelspec_is_the_installed_kernels(path):
+    """JupyterLab writes the running kernel's spec into both files when it saves: the header and
+    the .ipynb must already hold it (`jupyter kernelspec list` shows the installed one)."""
+    spec = get_kernel_spec(KERNEL)
+    expected = {"display_name": spec.display_name, "language": spec.language, "name": KERNEL}
+    assert read_source(path).metadata["kernelspec"] == expected, f"{path.name}'s header"
+    assert nbformat.read(path.with_suffix(".ipynb"), as_version=4).metadata["kernelspec"] == expected
+
+
+def test_committed_ipynb_has_no_cell_timings():
+    """JupyterLab records no cell timings by default and deletes them from each cell it runs, so
+    timings nbclient recorded would show as changes in every saved notebook."""
+    schema = Path(sys.prefix, "share", "jupyter", "lab", "schemas", "@jupyterlab", "notebook-extension",
+                  "tracker.json")
+    assert json.loads(schema.read_text())["properties"]["recordTiming"]["default"] is False
+    overrides = json.loads((NOTEBOOKS.parent / "binder" / "overrides.json").read_text())
+    assert "recordTiming" not in overrides.get("@jupyterlab/notebook-extension:tracker", {})
+    timed = [p.name for p in SOURCES
+             if any("execution" in c.metadata for c in nbformat.read(p.with_suffix(".ipynb"), as_version=4).cells)]
+    assert not timed, f"cell timings in {timed}"
+
+
+def test_runner_writes_what_a_save_writes(tmp_path):
+    """`make notebooks` writes an .ipynb that a save in JupyterLab leaves as it is."""
+    header = SOURCES[0].read_text().split("\n# ---\n")[0] + "\n# ---\n"
+    source = tmp_path / "tiny.py"
+    source.write_text(header + "\n# %% [markdown]\n# A note.\n\n# %%\nprint(6 * 7)\n")
+    shutil.copy(NOTEBOOKS / "jupytext.toml", tmp_path)
+    execute(source, timeout=60)
+    ipynb = source.with_suffix(".ipynb")
+    written = {p: p.read_bytes() for p in (source, ipynb)}
+    executed = nbformat.read(ipynb, as_version=4)
+    assert executed.cells[1].outputs[0].text == "42\n"
+    assert not any("execution" in c.metadata for c in executed.cells), "cell timings (JupyterLab deletes them)"
+    spec = get_kernel_spec(KERNEL)
+    assert executed.metadata["kernelspec"] == {"display_name": spec.display_name, "language": spec.language,
+                                               "name": KERNEL}
+    now = time.time()
+    os.utime(source, (now - 60, now - 60))  # the .ipynb is the newer file, as after a run
+    _save_through_jupytext(tmp_path, source.name)
+    for p, before in written.items():
+        assert p.read_bytes() == before, f"a save rewrites {p.name}"
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)

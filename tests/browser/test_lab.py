@@ -1,5 +1,6 @@
 """The course in a real browser: every notebook opens from its jupytext .py as a notebook in
-JupyterLab, runs top to bottom without an error, and the noise explorer answers its controls.
+JupyterLab, runs top to bottom without an error, saves without changing anything but its outputs,
+and the noise explorer answers its controls.
 
     make test                                  # runs these when /usr/bin/chromium is installed
     .venv/bin/python -m pytest -m browser      # only these
@@ -8,6 +9,7 @@ JupyterLab, runs top to bottom without an error, and the noise explorer answers 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -68,6 +70,21 @@ def run_all(page, name: str) -> list[dict]:
     return page.evaluate(_CELLS, name)
 
 
+def save(page, name: str) -> None:
+    """What Ctrl-S does: the frontend writes its model through the server (both paired files)."""
+    page.evaluate(f"async (name) => {{ await ({_FIND})(name).context.save(); }}", name)
+
+
+def without_outputs(ipynb: Path) -> dict:
+    """An .ipynb with what running it changes removed: outputs, execution counts, widget state."""
+    notebook = json.loads(ipynb.read_text())
+    notebook["metadata"].pop("widgets", None)
+    for cell in notebook["cells"]:
+        cell.pop("outputs", None)
+        cell.pop("execution_count", None)
+    return notebook
+
+
 def errors_in(cells: list[dict]) -> list[str]:
     """Error outputs and printed tracebacks (warnings on stderr are fine)."""
     found = []
@@ -89,8 +106,25 @@ def test_notebook_opens_and_runs_in_the_lab(notebook: Path, lab, page, screensho
     unrun = [c["source"] for c in cells if not isinstance(c["count"], int)]
     assert cells and not unrun, f"{notebook.name}: cells without an execution count: {unrun}"
     page.screenshot(path=screenshots / f"{notebook.stem}.png")
+    # A student's `git status` after open, run and save shows the outputs and nothing else.
+    save(page, notebook.name)
+    assert (lab.root / notebook.name).read_bytes() == notebook.read_bytes(), f"saving rewrote {notebook.name}"
+    ipynb = notebook.with_suffix(".ipynb")
+    assert without_outputs(lab.root / ipynb.name) == without_outputs(ipynb), \
+        f"saving changed more than the outputs of {ipynb.name}"
     if notebook.stem == EXPLORER:
         check_explorer(page, screenshots)
+
+
+def test_contents_api_round_trip_rewrites_no_byte(notebook: Path, lab):
+    """A GET and a PUT of the notebook through the running server, as opening and saving do."""
+    files = [lab.root / notebook.name, lab.root / notebook.with_suffix(".ipynb").name]
+    before = [f.read_bytes() for f in files]
+    model = lab.api(f"contents/{notebook.name}?content=1&type=notebook")
+    lab.api(f"contents/{notebook.name}", method="PUT",
+            body={"type": "notebook", "format": "json", "content": model["content"]})
+    changed = [f.name for f, b in zip(files, before) if f.read_bytes() != b]
+    assert not changed, f"a save through the server rewrote {changed}"
 
 
 def _labelled(page, widget_class: str, label: str):
