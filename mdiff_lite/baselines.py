@@ -589,7 +589,7 @@ def evaluate_flow(model: DequantizationFlow, maps: torch.Tensor, *, k: int = 1, 
     model.eval()
     start, bounds = time.perf_counter(), []
     for i in tqdm(range(0, len(maps), batch_size), disable=not progress, desc=f"bound (k = {k})"):
-        bounds.append(model.log_prob_bound(maps[i:i + batch_size].to(device), k, generator).double().cpu())
+        bounds.append(model.log_prob_bound(maps[i:i + batch_size].to(device), k, generator).cpu().double())
     model.train(was_training)
     per_map = bits_per_dim(-torch.cat(bounds), model.height * model.width)
     n = len(per_map)
