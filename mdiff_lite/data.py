@@ -34,7 +34,7 @@ from sklearn.datasets import load_digits
 
 __all__ = [
     "ToySegmentation", "Variable", "TOY_CLASS_NAMES", "TOY_COLORS",
-    "Digits", "bin_levels", "PermutedLabels", "DATASET_NAMES", "dataset_by_name",
+    "Digits", "bin_levels", "PermutedLabels", "DATASET_NAMES", "dataset_by_name", "unseen_windows",
 ]
 
 SKY, BUILDING, WINDOW, ROAD, SIDEWALK, VEGETATION, CAR, PERSON = range(8)
@@ -705,6 +705,58 @@ class ToySegmentation:
     def __repr__(self) -> str:
         return (f"ToySegmentation(height={self.height}, width={self.width}): {len(self.variables)} variables, "
                 f"{self.entropy_bits_per_pixel:.4f} bits per pixel")
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging samples without a likelihood: windows no training map contains.
+# ---------------------------------------------------------------------------------------------
+
+
+def _window_codes(maps: torch.Tensor, num_classes: int, size: int) -> np.ndarray:
+    """Every ``size x size`` window of every map (stride 1) as one integer, base ``num_classes``:
+    int64 ``[n, windows per map]``."""
+    windows = maps.unfold(1, size, 1).unfold(2, size, 1).reshape(len(maps), -1, size * size)
+    place = torch.tensor([num_classes ** i for i in range(size * size)], dtype=torch.long)
+    return (windows * place).sum(-1).numpy()
+
+
+def unseen_windows(reference: torch.Tensor, num_classes: int, size: int = 4):
+    """A judge of samples: ``share = unseen_windows(train_maps, K); share(maps)`` is, for each map,
+    the fraction of its ``size x size`` windows (every position, stride 1) that occur nowhere in
+    ``reference``: a FloatTensor ``[n]``.
+
+    A likelihood is a harsh judge of samples from the toy generator (one pixel off and a map is
+    impossible); this one counts how much of a sample is locally new. Real test maps score about
+    0; a single wrong pixel makes up to ``size^2`` unseen windows. The reference's windows are
+    indexed once, so judging many sets of samples against the same training maps is cheap.
+    ``num_classes ** (size * size)`` must fit in 63 bits (the windows are coded as integers).
+    """
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if size * size * math.log2(num_classes) > 63:
+        raise ValueError(f"{size} x {size} windows of {num_classes} classes do not fit in an int64 code; "
+                         "use smaller windows")
+    if not isinstance(reference, torch.Tensor) or reference.ndim != 3:
+        raise ValueError(f"reference must be maps [n, height, width], got {getattr(reference, 'shape', reference)!r}")
+    reference = _check_maps(reference, *reference.shape[1:]).cpu()
+    if reference.numel() and (reference.min() < 0 or reference.max() >= num_classes):
+        raise ValueError(f"reference maps hold class ids outside 0..{num_classes - 1}")
+    height, width = reference.shape[1:]
+    if size > min(height, width):
+        raise ValueError(f"{size} x {size} windows do not fit in {height} x {width} maps")
+    seen = np.unique(np.concatenate([np.unique(_window_codes(part, num_classes, size))
+                                     for part in reference.split(1000)]))
+
+    def share(maps: torch.Tensor) -> torch.Tensor:
+        maps = _check_maps(maps, height, width).cpu()
+        if maps.numel() and (maps.min() < 0 or maps.max() >= num_classes):
+            raise ValueError(f"maps hold class ids outside 0..{num_classes - 1}")
+        codes = _window_codes(maps, num_classes, size)
+        return torch.from_numpy(~np.isin(codes, seen, assume_unique=False)).float().mean(1)
+
+    return share
 
 
 # ---------------------------------------------------------------------------------------------

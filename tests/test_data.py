@@ -401,3 +401,33 @@ def test_permuted_digits():
     assert torch.equal(permuted.split("train"), permuted.permutation[digits.split("train")])
     assert sorted(permuted.class_names) == sorted(digits.class_names)
     assert (permuted.num_classes, permuted.height, permuted.width) == (4, 8, 8)
+
+
+# ---- judging samples: windows no training map contains ---------------------------------------------
+
+def test_unseen_windows_against_a_plain_set_of_windows():
+    from mdiff_lite.data import unseen_windows
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randint(0, 3, (40, 6, 7), generator=g)
+    maps = torch.cat([reference[:2], torch.randint(0, 3, (5, 6, 7), generator=g)])
+    size = 3
+    seen = {tuple(m[y:y + size, x:x + size].flatten().tolist())
+            for m in reference for y in range(6 - size + 1) for x in range(7 - size + 1)}
+    expected = torch.tensor([sum(tuple(m[y:y + size, x:x + size].flatten().tolist()) not in seen
+                                 for y in range(6 - size + 1) for x in range(7 - size + 1)) / 20 for m in maps])
+    got = unseen_windows(reference, 3, size)(maps)
+    torch.testing.assert_close(got, expected.float())
+    assert (got[:2] == 0).all() and (got[2:] > 0).any()
+
+
+def test_unseen_windows_refuses_what_it_cannot_judge():
+    from mdiff_lite.data import unseen_windows
+    reference = torch.zeros(4, 8, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="int64"):
+        unseen_windows(reference, 17, 4)
+    with pytest.raises(ValueError, match="do not fit"):
+        unseen_windows(reference, 3, 9)
+    with pytest.raises(ValueError, match="outside"):
+        unseen_windows(reference + 5, 3)
+    with pytest.raises(ValueError, match="shape"):
+        unseen_windows(reference, 3)(torch.zeros(2, 8, 9, dtype=torch.long))
