@@ -6,8 +6,8 @@ For each tenth of the chain (t = 1-100, ..., 901-1000 at T = 1000) and the prior
   destroys over the range, so the least any reverse process pays there (they sum to the entropy).
   A Monte-Carlo estimate over test maps and draws of x_t, with its standard error; each
   ``log q(x_t)`` in it is exact (``ToySegmentation.posterior``), and ``I(x_0; x_0)`` is the entropy.
-- oracle: ``models.OracleDenoiser``'s part of the exact bound (all T terms), the least any denoiser
-  of eq. 14's form pays (pixels independent given x_t);
+- oracle: ``models.OracleDenoiser``'s part of the all-T estimate of the bound (every term, one draw
+  of x_t each), the least any denoiser of eq. 14's form pays (pixels independent given x_t);
 - model: a checkpoint's part (the shipped ``toyseg.pt`` unless ``--checkpoint``), on the same maps
   and the same draws of x_t, so that model minus oracle is a paired difference.
 
@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", default=str(pretrained_path("toyseg")),
                         help="a toy-map denoiser checkpoint, or 'none' for the oracle alone")
     parser.add_argument("--T", type=int, help="steps, when there is no checkpoint (else the checkpoint's)")
-    parser.add_argument("--eval-maps", type=int, default=128, help="test maps for the exact bounds")
+    parser.add_argument("--eval-maps", type=int, default=128, help="test maps for the all-T estimates of the bound")
     parser.add_argument("--info-maps", type=int, default=1000, help="test maps for the information estimates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="default: benchmarks/results/oracle_cpu.json")
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     D = maps[0].numel()
     edges = tenths(T)
 
-    # Exact bounds, same maps, same draws of x_t (same seed, same batching).
+    # All-T estimates, same maps, same draws of x_t (same seed, same batching).
     kwargs = dict(batch_size=16, max_batch=512, seed=args.seed)
     best = OracleDenoiser(ds, schedule)
     oracle = evaluate_bound(best, schedule, maps, **kwargs)
@@ -163,8 +163,8 @@ def main(argv=None) -> dict:
 def markdown(result: dict) -> str:
     """The table as the README shows it."""
     model = result["model"]
-    lines = ["| t | information lost (Monte Carlo, {} maps) | best denoiser, exact bound | {} | model - best |"
-             .format(result["info_maps"], "model, exact bound" if model else "model"), "|---|---|---|---|---|"]
+    lines = ["| t | information lost (Monte Carlo, {} maps) | best denoiser, all-T estimate | {} | model - best |"
+             .format(result["info_maps"], "model, all-T estimate" if model else "model"), "|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = [r["t"], f"{r['information_bpd']:.4f} +- {r['information_stderr']:.4f}", f"{r['oracle_bpd']:.4f}"]
         cells += ([f"{r['model_bpd']:.4f}", f"{r['model_bpd'] - r['oracle_bpd']:.4f}"] if model else ["-", "-"])
