@@ -17,7 +17,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
@@ -114,6 +116,22 @@ def test_binder_installs_everything_the_course_imports():
 
 def test_runtime_is_python_311():
     assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
+
+
+def test_every_pin_installs_on_the_oldest_python_the_project_admits():
+    """requires-python's floor is a Python that every locked version supports (numpy 2.4 needs 3.11,
+    soupsieve 4.1 3.11.5: Debian 12's python3.11 is 3.11.2), so pip refuses an older interpreter
+    at once rather than halfway through `make install`; the README states the same floor."""
+    floors = [Version(s.version) for s in SpecifierSet(PROJECT["requires-python"]) if s.operator == ">="]
+    assert len(floors) == 1, PROJECT["requires-python"]
+    oldest = floors[0]
+    unsupported = {}
+    for name in LOCK:
+        required = importlib.metadata.distribution(name).metadata.get("Requires-Python")
+        if required and oldest not in SpecifierSet(required):
+            unsupported[name] = required
+    assert not unsupported, f"locked versions that do not install on Python {oldest}: {unsupported}"
+    assert f"Python >= {oldest}" in (REPO / "README.md").read_text()
 
 
 def test_postbuild_is_strict_executable_bash():
