@@ -343,11 +343,11 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
         weights, old_meta, state = read_checkpoint(checkpoint_path, kind="denoiser")
         if state is None:
-            raise ValueError(f"{checkpoint_path} holds no training state (a shipped checkpoint?); "
+            raise ValueError(f"{checkpoint_path}: holds no training state (a shipped checkpoint?); "
                              "pass resume=False or another path to train afresh")
         differences = _run_differences(old_meta, run_meta)
         if differences:
-            raise ValueError(f"{checkpoint_path} holds another run, so it cannot be resumed ({'; '.join(differences)}); "
+            raise ValueError(f"{checkpoint_path}: holds another run, so it cannot be resumed ({'; '.join(differences)}); "
                              "pass resume=False (on the command line: --no-resume) to train afresh and "
                              "overwrite it, or choose another path")
         _load_weights_into(model, state["raw_model"], old_meta, checkpoint_path)

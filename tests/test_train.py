@@ -1,7 +1,9 @@
 """Training on tiny budgets: devices, learning, checkpoints (atomic, resumable, checked), DDP."""
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -191,3 +193,190 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     torch.manual_seed(0)
     start = torch.cat([p.detach().flatten() for p in Denoiser(tiny_config()).parameters()])
     assert not torch.equal(start, r0["params"])
+
+
+def tiny_dropout_config():
+    """Three classes, dropout on: a resumed run must also restore torch's global generator."""
+    return DenoiserConfig(num_classes=3, height=8, width=8, fold=1, channels=(8,), groups=4, attention=False,
+                          embed_dim=8, dropout=0.1, schedule={"name": "hoogeboom-cosine", "T": 20})
+
+
+def assert_identical(a, b, where="checkpoint"):
+    """Equal to the bit: tensors with torch.equal (and the same dtype), containers entry by entry."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_that_never_stopped(tmp_path):
+    maps = striped_maps() % 3
+    config = TrainConfig(steps=24, batch_size=8, warmup_steps=4, t_sampler="importance", importance_history=2,
+                         checkpoint_every=5)
+    torch.manual_seed(0)
+    straight = Denoiser(tiny_dropout_config())
+    fit(straight, maps, config, device="cpu", checkpoint_path=tmp_path / "straight.pt", progress=False)
+
+    torch.manual_seed(0)
+    stopped = Denoiser(tiny_dropout_config())
+    calls, forward = {"n": 0}, stopped.forward
+
+    def interrupted(x_t, t):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt  # inside step 13, after it drew its batch, t and x_t
+        return forward(x_t, t)
+
+    stopped.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        fit(stopped, maps, config, device="cpu", checkpoint_path=tmp_path / "resumed.pt", progress=False)
+    assert load_checkpoint(tmp_path / "resumed.pt")[2]["step"] == 12  # after the periodic save at 10
+    torch.manual_seed(123)  # other work in between moves the global generator; the resume restores it
+    resumed = Denoiser(tiny_dropout_config())  # other initial weights: the checkpoint's replace them
+    fit(resumed, maps, config, device="cpu", checkpoint_path=tmp_path / "resumed.pt", progress=False)
+
+    assert_identical(straight.state_dict(), resumed.state_dict(), "EMA weights in the model")
+    (w1, m1, s1), (w2, m2, s2) = (load_checkpoint(tmp_path / f"{n}.pt") for n in ("straight", "resumed"))
+    assert_identical(w1, w2, "EMA weights")
+    h1, h2 = (json.loads(s.pop("history_json")) for s in (s1, s2))
+    for h in (h1, h2):
+        h.pop("seconds")  # wall-clock time: the one thing that differs
+    assert_identical(h1, h2, "history")
+    s1.pop("elapsed"), s2.pop("elapsed")
+    assert_identical(s1, s2, "training state")  # raw weights, optimizer, sampler, random states, step
+    assert s1["step"] == 24 and (s1["sampler"]["count"][1:] >= 2).all()  # p(t) left the warm-up
+    assert m1["steps"] == m2["steps"] == 24
+
+
+def test_resume_refuses_another_run_and_lists_every_difference(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    maps = striped_maps()
+    base = dict(batch_size=8, checkpoint_every=0)
+    model = lambda **changes: Denoiser(tiny_config(num_classes=17, **changes))  # noqa: E731 (the digits' shape)
+    meta = {"dataset": "digits", "permute_seed": None}
+    fit(model(), maps, TrainConfig(steps=4, **base), device="cpu", checkpoint_path=path, meta=meta,
+        progress=False)
+    before = path.read_bytes()
+
+    # Switching only the t sampler (once a KeyError: 'history'):
+    with pytest.raises(ValueError, match="train_config.t_sampler: 'uniform' in the checkpoint, 'importance' now"):
+        fit(model(), maps, TrainConfig(steps=8, t_sampler="importance", **base), device="cpu",
+            checkpoint_path=path, meta=meta, progress=False)
+    # Everything at once, every difference listed:
+    with pytest.raises(ValueError) as info:
+        fit(model(schedule={"name": "hoogeboom-cosine", "T": 10}), maps[:100],
+            TrainConfig(steps=8, lr=1e-3, seed=1, t_sampler="importance", **base), device="cpu",
+            checkpoint_path=path, meta={"dataset": "digits", "permute_seed": 3}, progress=False)
+    message = str(info.value)
+    for difference in ("permute_seed: None in the checkpoint, 3 now", "train_maps_shape: [256, 8, 8] in the "
+                       "checkpoint, [100, 8, 8] now", "train_config.lr: 0.003 in the checkpoint, 0.001 now",
+                       "train_config.seed: 0 in the checkpoint, 1 now", "train_config.t_sampler",
+                       "model_config.schedule.T: 20 in the checkpoint, 10 now"):
+        assert difference in message, message
+    assert message.count(" in the checkpoint, ") == 6  # and nothing else: the budget may change
+    assert "resume=False" in message and "--no-resume" in message
+    assert path.read_bytes() == before
+
+    # The budget may change: more steps, another clock, other checkpoint intervals.
+    history = fit(model(), maps, TrainConfig(steps=6, max_seconds=600, **dict(base, checkpoint_every=3)),
+                  device="cpu", checkpoint_path=path, meta=meta, progress=False)
+    assert history["step"][-1] == 6 and load_checkpoint(path)[2]["step"] == 6
+    # And a fresh run when asked for: it starts at 0 and overwrites the file.
+    history = fit(model(), maps, TrainConfig(steps=3, t_sampler="importance", **base), device="cpu",
+                  checkpoint_path=path, resume=False, meta=meta, progress=False)
+    _, meta_now, state = load_checkpoint(path)
+    assert state["step"] == 3 and meta_now["train_config"]["t_sampler"] == "importance"
+
+
+def test_a_checkpoint_without_random_states_still_resumes(tmp_path, capsys):
+    path = tmp_path / "ckpt.pt"
+    fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=4, batch_size=8), device="cpu",
+        checkpoint_path=path, progress=False)
+    obj = torch.load(path, weights_only=True)  # as files written before random states were saved
+    for key in ("random_states", "running_bpd"):
+        del obj["training"][key]
+    meta = json.loads(obj["meta_json"])
+    del meta["train_maps_shape"]
+    obj["meta_json"] = json.dumps(meta)
+    torch.save(obj, path)
+    history = fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=6, batch_size=8), device="cpu",
+                  checkpoint_path=path, progress=False)
+    assert history["step"][-1] == 6
+    assert "drawing afresh" in capsys.readouterr().out
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_raises(tmp_path):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    path = tmp_path / "ckpt.pt"
+    model = Denoiser(tiny_config())
+    calls, forward = {"n": 0}, model.forward
+
+    def interrupted(x_t, t):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the 5th step's forward pass
+        return forward(x_t, t)
+
+    model.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, striped_maps(), TrainConfig(steps=50, batch_size=8, checkpoint_every=0), device="cpu",
+            checkpoint_path=path, progress=False)
+    assert calls["n"] == 5  # no step began after it
+    _, meta, state = load_checkpoint(path)
+    assert state["step"] == 5 and meta["final"] is False  # the 5th step finished, and was saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+SIGTERM_CHILD = """
+import sys
+import torch
+from mdiff_lite.models import Denoiser, DenoiserConfig
+from mdiff_lite.train import TrainConfig, fit
+torch.manual_seed(0)
+model = Denoiser(DenoiserConfig(num_classes=4, height=8, width=8, fold=1, channels=(16, 32), embed_dim=16,
+                                schedule={"name": "hoogeboom-cosine", "T": 20}))
+forward = model.forward
+def counted(x_t, t):
+    print("step", flush=True)  # one forward pass per step: the parent counts the steps begun
+    return forward(x_t, t)
+model.forward = counted
+fit(model, torch.randint(0, 4, (64, 8, 8)), TrainConfig(steps=10**6, batch_size=8, checkpoint_every=10**6),
+    device="cpu", checkpoint_path=sys.argv[1], progress=False)
+"""
+
+
+def test_sigterm_saves_the_steps_since_the_last_save_and_ends_the_process(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        begun = 0
+        for line in child.stdout:
+            begun += line.strip() == "step"
+            if begun == 20:
+                break
+        child.send_signal(signal.SIGTERM)
+        rest, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    begun += rest.splitlines().count("step")
+    assert child.returncode == -signal.SIGTERM, err[-2000:]  # ended as a SIGTERM'd process does
+    assert "stopped by SIGTERM" in rest
+    # No periodic save in 10**6 steps: only the signal's save can hold these steps, every one begun.
+    _, meta, state = load_checkpoint(path)
+    assert state["step"] == begun >= 20 and meta["final"] is False
+    history = fit(Denoiser(tiny_config(num_classes=4)), torch.randint(0, 4, (64, 8, 8)),
+                  TrainConfig(steps=begun + 3, batch_size=8, checkpoint_every=10**6), device="cpu",
+                  checkpoint_path=path, progress=False)
+    assert history["step"][-1] == begun + 3
