@@ -10,6 +10,9 @@ from mdiff_lite.evaluate import estimate_bound
 from mdiff_lite.train import load_checkpoint, load_pretrained, pretrained_path
 
 
+QUICK_MAPS = 256  # about 5 s of estimate_bound per model on 2 cores; a standard error of 5-6 % of the bound
+
+
 @pytest.mark.parametrize("name", ["toyseg", "digits"])
 def test_shipped_checkpoint(name):
     path = pretrained_path(name)
@@ -23,13 +26,21 @@ def test_shipped_checkpoint(name):
     assert meta["command"].startswith("python -m mdiff_lite train") and meta["dataset"] == name
     assert meta["test_n_images"] == len(dataset_by_name(name).split("test"))
 
-    # A quick Monte-Carlo estimate on a few test maps agrees with the recorded exact figure.
+    # The file holds the model its metadata describes: a quick estimate of the same bound agrees
+    # with the recorded one within 4 standard errors of their difference. Both are unbiased for the
+    # bound; the quick maps are among the recorded ones, so the two covary positively and hypot()
+    # overstates the difference's spread. One draw of t per map: the draws, not the maps, make
+    # nearly all the variance. The draws are right-skewed (digits' skewness is 12), so a low mean
+    # with a small standard error is likelier than under a normal law: resampling 100 000 sets of
+    # 256 from 1000 (toyseg) and 891 (digits) single draws gave |z| > 4 with chance 1e-5 and 2e-4
+    # (normal: 6e-5), the chance that the fixed seed of estimate_bound is one that fails.
     model, _ = load_pretrained(name)
     ds = dataset_by_name(name)
-    test = ds.split("test")[:48]
-    quick = estimate_bound(model, make_schedule(**meta["model_config"]["schedule"]), test, k=4, progress=False)
-    spread = 5 * math.hypot(quick["stderr"], meta["test_bpd_stderr"]) + 0.05 * meta["test_bpd"]
-    assert abs(quick["bpd"] - meta["test_bpd"]) < spread, (quick["bpd"], meta["test_bpd"])
+    test = ds.split("test")[:QUICK_MAPS]
+    quick = estimate_bound(model, make_schedule(**meta["model_config"]["schedule"]), test, k=1, progress=False)
+    z = (quick["bpd"] - meta["test_bpd"]) / math.hypot(quick["stderr"], meta["test_bpd_stderr"])
+    assert abs(z) < 4, (f"quick estimate {quick['bpd']:.4f} +- {quick['stderr']:.4f} against the recorded "
+                        f"{meta['test_bpd']:.4f} +- {meta['test_bpd_stderr']:.4f}: {z:+.1f} standard errors")
     # It learned: far below the uniform model's log2 K. (How close it is to the best possible is
     # a benchmark's business, not a test's.)
     assert meta["test_bpd"] < 0.5 * math.log2(ds.num_classes)
