@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASET_NAMES, dataset_by_name
-
 __all__ = ["MODEL_KINDS", "kind_of", "check_meta", "write_checkpoint", "read_checkpoint", "update_meta",
            "load_weights"]
 
@@ -54,9 +52,16 @@ def kind_of(meta: dict) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _dataset_shape(name: str) -> tuple[int, int, int]:
-    ds = dataset_by_name(name)  # toyseg takes half a second to build: once per process
-    return ds.num_classes, ds.height, ds.width
+def _dataset_shapes() -> dict:
+    """``{name: (num_classes, height, width)}`` for every dataset, built once per process (toyseg
+    takes half a second). Imported here, not at the top: data imports scikit-learn (seconds)."""
+    from .data import DATASET_NAMES, dataset_by_name
+
+    shapes = {}
+    for name in DATASET_NAMES:
+        ds = dataset_by_name(name)
+        shapes[name] = (ds.num_classes, ds.height, ds.width)
+    return shapes
 
 
 def check_meta(meta: dict, source, *, kind: str | None = None, dataset: str | None = None) -> None:
@@ -78,12 +83,12 @@ def check_meta(meta: dict, source, *, kind: str | None = None, dataset: str | No
         raise ValueError(f"{source}: holds a model of dataset {name!r}, not {dataset!r}")
     if name is None:
         return  # trained on data of the user's own: nothing to check it against
-    if name not in DATASET_NAMES:
-        raise ValueError(f"{source}: names dataset {name!r}, which does not exist (there are: "
-                         f"{', '.join(DATASET_NAMES)})")
+    shapes = _dataset_shapes()
+    if not isinstance(name, str) or name not in shapes:
+        raise ValueError(f"{source}: names dataset {name!r}, which does not exist (there are: {', '.join(shapes)})")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"{source}: permute_seed must be None or an integer >= 0, got {seed!r}")
-    expected = _dataset_shape(name)
+    expected = shapes[name]
     got = tuple(config.get(k) for k in ("num_classes", "height", "width"))
     if got != expected:
         raise ValueError(f"{source}: its {key} is for {got[0]} classes at {got[1]} x {got[2]}, but dataset "

@@ -345,6 +345,10 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         if state is None:
             raise ValueError(f"{checkpoint_path}: holds no training state (a shipped checkpoint?); "
                              "pass resume=False or another path to train afresh")
+        missing = [k for k in ("raw_model", "optimizer", "sampler", "step", "elapsed", "history_json") if k not in state]
+        if missing:
+            raise ValueError(f"{checkpoint_path}: its training state lacks {', '.join(missing)}; "
+                             "pass resume=False or another path to train afresh")
         differences = _run_differences(old_meta, run_meta)
         if differences:
             raise ValueError(f"{checkpoint_path}: holds another run, so it cannot be resumed ({'; '.join(differences)}); "

@@ -312,6 +312,12 @@ def test_a_checkpoint_without_random_states_still_resumes(tmp_path, capsys):
                   checkpoint_path=path, progress=False)
     assert history["step"][-1] == 6
     assert "drawing afresh" in capsys.readouterr().out
+    obj = torch.load(path, weights_only=True)
+    del obj["training"]["optimizer"]  # damaged beyond resuming: one line, not a KeyError
+    torch.save(obj, path)
+    with pytest.raises(ValueError, match="its training state lacks optimizer"):
+        fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=8, batch_size=8), device="cpu",
+            checkpoint_path=path, progress=False)
 
 
 def test_ctrl_c_finishes_the_step_saves_it_and_raises(tmp_path):
