@@ -11,8 +11,9 @@ and only when every cell ran without an error (``make notebooks`` runs all of th
 
 Its other metadata is what a JupyterLab save of the same run writes, so that opening, running and
 saving a notebook changes only its outputs: the kernelspec of the kernel that ran it, no cell
-timings (JupyterLab records none by default and deletes them on save), and the pairing without
-jupytext's ``text_representation`` (which the contents manager drops from ``.ipynb`` files).
+timings (JupyterLab records none by default and deletes them on save), the pairing without
+jupytext's ``text_representation`` (which the contents manager drops from ``.ipynb`` files),
+and no float with an integer value.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def execute(path, *, smoke: bool = False, out: Path | None = None, timeout: int 
         raise RuntimeError(f"{path.name}: error output {errors[0].get('ename')}: {errors[0].get('evalue')}")
     memory_cell = notebook.cells.pop()
     peak = int("".join(o.get("text", "") for o in memory_cell.outputs).strip() or 0)
-    info = {"source_sha256": digest, "smoke": smoke, "seconds": round(seconds, 1), "peak_memory_bytes": peak}
+    # Whole seconds: JupyterLab writes a float such as 8.0 back as 8 (JavaScript has one number type).
+    info = {"source_sha256": digest, "smoke": smoke, "seconds": round(seconds), "peak_memory_bytes": peak}
     notebook.metadata["mdiff_lite"] = info
     # As JupyterLab does when it starts a kernel: the spec's own names, not the .py header's
     # (tests/test_notebooks.py checks that the two agree).
