@@ -345,15 +345,16 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         if state is None:
             raise ValueError(f"{checkpoint_path}: holds no training state (a shipped checkpoint?); "
                              "pass resume=False or another path to train afresh")
-        missing = [k for k in ("raw_model", "optimizer", "sampler", "step", "elapsed", "history_json") if k not in state]
+        needed = ("raw_model", "optimizer", "sampler", "step", "elapsed", "history_json")
+        missing = [k for k in needed if k not in state]
         if missing:
             raise ValueError(f"{checkpoint_path}: its training state lacks {', '.join(missing)}; "
                              "pass resume=False or another path to train afresh")
         differences = _run_differences(old_meta, run_meta)
         if differences:
-            raise ValueError(f"{checkpoint_path}: holds another run, so it cannot be resumed ({'; '.join(differences)}); "
-                             "pass resume=False (on the command line: --no-resume) to train afresh and "
-                             "overwrite it, or choose another path")
+            raise ValueError(f"{checkpoint_path}: holds another run, so it cannot be resumed "
+                             f"({'; '.join(differences)}); pass resume=False (on the command line: "
+                             "--no-resume) to train afresh and overwrite it, or choose another path")
         _load_weights_into(model, state["raw_model"], old_meta, checkpoint_path)
         _load_weights_into(ema, weights, old_meta, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])

@@ -84,7 +84,8 @@ def test_eval_sample_and_export_refuse_a_bad_checkpoint_in_one_line(files, case,
 
 def test_a_missing_checkpoint_or_one_without_a_dataset_in_one_line(files, capsys, tmp_path):
     for command in ("eval", "sample", "export"):
-        line = one_line_error(capsys, [command, str(tmp_path / "missing.pt"), *(["x.pt"] if command == "export" else [])])
+        argv = [command, str(tmp_path / "missing.pt")] + (["x.pt"] if command == "export" else [])
+        line = one_line_error(capsys, argv)
         assert f"no checkpoint at {tmp_path / 'missing.pt'}" in line
     from mdiff_lite.train import save_checkpoint
     from test_checkpoint import digits_denoiser

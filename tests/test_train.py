@@ -75,8 +75,12 @@ def test_fit_stops_on_wall_clock():
     assert 1.0 <= history["seconds"][-1] < 10
 
 
-def test_bad_training_input():
+def test_bad_training_input(tmp_path):
     model = Denoiser(tiny_config())
+    with pytest.raises(ValueError, match="fit's meta: names dataset 'stripes', which does not exist"):
+        fit(model, striped_maps(), TrainConfig(steps=1), checkpoint_path=tmp_path / "c.pt", meta={"dataset": "stripes"},
+            progress=False)
+    assert not (tmp_path / "c.pt").exists()  # refused before training, not at the first save
     with pytest.raises(ValueError, match="outside 0..3"):
         fit(model, striped_maps() + 4, TrainConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="expects"):
