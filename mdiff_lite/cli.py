@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-k", type=int, default=4, help="draws of t per test map for that estimate")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test bits per pixel: all T terms of the bound for every test map")
+    p = sub.add_parser("eval", help="test bits per pixel: the all-T estimate of the bound (every term, one "
+                                    "draw of x_t each) on every test map")
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--n", type=int, help="only the first N test maps")

@@ -10,7 +10,7 @@ Three choices make it small and fast enough for a laptop CPU:
   and 2 x 2, at about half the cost per step of ``fold = 2``. Cheaper per step is not better
   per minute: with the first design, ``fold = 2`` (channels 48/96/96) reached a lower bound in the
   same 10 CPU minutes (the README's results table). But it takes about three times as long to
-  evaluate, and the exact evaluation of 1000 maps must fit in 10 CPU minutes, so fold 4 stays.
+  evaluate, and the all-T evaluation of 1000 maps must fit in 10 CPU minutes, so fold 4 stays.
 - **One meaning of x0_hat at every t.** Eq. 14 weighs each candidate ``x_0 = k`` by
   ``x0_hat(k) * q(x_t | x_0 = k)``: it multiplies in the likelihood of the pixel's own ``x_t``
   itself (eq. 13's first factor). So the best ``x0_hat`` predicts a pixel from the *other*

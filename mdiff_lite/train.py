@@ -85,7 +85,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995
-    t_sampler: str = "uniform"  # or "importance": p(t) ∝ sqrt(E[L_t^2]), as the official code
+    t_sampler: str = "uniform"  # or "importance": p(t) ∝ sqrt(E[L_t^2]) (diffusion.ImportanceTimeSampler)
     x0_nll_weight: float = 0.0  # weight of the auxiliary -log p(x_0 | x_t) (diffusion.x0_nll) in the loss
     importance_history: int = 10  # losses kept per t; also the warm-up visits per t
     seed: int = 0
@@ -179,8 +179,8 @@ def pretrained_path(name: str) -> Path:
 
 def load_pretrained(name: str, device=None) -> tuple[Denoiser, dict]:
     """The shipped denoiser for ``"toyseg"`` or ``"digits"`` and its metadata (the commands
-    that trained, exported and evaluated it, and its exact test bits per pixel). A file there
-    that holds a model of another dataset is refused."""
+    that trained, exported and evaluated it, and the all-T estimate of its test bits per pixel).
+    A file there that holds a model of another dataset is refused."""
     return _load_denoiser(pretrained_path(name), device, dataset=name)
 
 

@@ -25,6 +25,7 @@ def load(name):
     ("widget_latency", ["--T", "20", "--repeats", "3", "--dataset", "digits"]),
     ("likelihood", ["--fast", "--quiet", "--device", "cpu"]),
     ("oracle", ["--checkpoint", "none", "--T", "10", "--eval-maps", "3", "--info-maps", "4"]),
+    ("samples", ["--n", "2", "--steps", "1,2", "--test-maps", "4", "--device", "cpu"]),
 ])
 def test_benchmark_writes_json(tmp_path, capsys, name, args):
     out = tmp_path / f"{name}.json"
