@@ -33,7 +33,7 @@ __all__ = ["evaluate_bound", "estimate_bound", "bound_breakdown", "tenths", "BOU
 BOUND_ALL_T = ("all-T estimate of the variational bound (eq. 3): every one of its T + 1 terms per map, each KL "
                "at one draw of x_t, so unbiased for the bound (an upper bound on the negative log-likelihood); "
                "+- one standard error over maps")
-ALL_T_LABEL = "all-T estimate, all {T} terms, one draw of x_t each"  # the short form, for tables
+ALL_T_LABEL = "all-T estimate ({T} terms, one x_t each)"  # the short form, for tables
 BOUND_MC = ("Monte-Carlo estimate of the variational bound (eq. 3) from {k} uniformly drawn t per map; "
             "+- one standard error")
 

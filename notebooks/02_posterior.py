@@ -263,9 +263,10 @@ print("eq. 14 == mixture of exact posteriors weighted by x0_hat * likelihood == 
 # $\hat x_0$ still gives a proper distribution (the posterior under "no idea what $x_0$ was"), and so
 # does a confidently wrong one-hot $\hat x_0$ that disagrees with $x_t$. At $t = 1$ the prior bracket
 # is $\hat x_0$ itself, so eq. 13 with $\hat x_0$ at $t = 1$ is
-# $\hat x_0 \odot (\alpha_1 x_1 + (1 - \alpha_1)/K)$, normalised: **not** the $p(x_0 \mid x_1) =
-# \hat x_0$ of eq. 14. The official code uses the former as its decoder; notebook 03 shows what
-# that changes.
+# $\hat x_0 \odot (\alpha_1 x_1 + (1 - \alpha_1)/K)$, normalised: **not** the paper's $p(x_0 \mid x_1) =
+# \hat x_0$ (eqs. 14 and 16). The official code uses the former as its decoder, and so
+# does `mdiff_lite`: then $\hat x_0$ means the same at every $t$, the pixel's own evidence always
+# multiplied in by eq. 14. Notebook 03 shows what that changes.
 
 # %%
 for name, guess in [("uniform", torch.full((K,), 1 / K, dtype=F64)), ("confidently wrong", I[0])]:

@@ -19,8 +19,9 @@
 # Notebooks 01-03 built the forward process, its posterior and the bound. Here they become a
 # working model. You will:
 #
-# 1. meet the denoiser: a small U-Net whose untrained output is already a posterior (Bayes' rule
-#    with a uniform prior), checked against a formula you compute yourself;
+# 1. meet the denoiser: a small U-Net that predicts each pixel from the others, and whose decoder is,
+#    untrained, already a posterior (Bayes' rule with a uniform prior), checked against a formula you
+#    compute yourself;
 # 2. train it for two minutes on the toy street-scene maps (on a GPU if there is one, otherwise the
 #    CPU), watching the loss in bits per pixel;
 # 3. load the shipped checkpoint (45 minutes of the same training on 2 CPU cores) and draw samples, watch one
@@ -47,8 +48,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from mdiff_lite import make_schedule, q_marginal
-from mdiff_lite.data import ToySegmentation, Digits
+from mdiff_lite import make_schedule, q_marginal, q_posterior
+from mdiff_lite.data import Digits, ToySegmentation, unseen_windows
 from mdiff_lite.evaluate import bound_breakdown, estimate_bound, evaluate_bound
 from mdiff_lite.models import Denoiser, DenoiserConfig, OracleDenoiser, count_parameters
 from mdiff_lite.plots import plot_grid, plot_map
@@ -75,23 +76,27 @@ plot_grid(train_maps[:8], data, ncols=8, suptitle="training maps");
 # ## The denoiser, and what it knows before training
 #
 # The network maps a noisy map $x_t$ and its time $t$ to logits of $\hat x_0$, one distribution over the
-# $K$ classes per pixel. At $t = 1$ its logits are
+# $K$ classes per pixel. What should $\hat x_0$ be? Notebook 02 showed that eq. 14 weighs each candidate
+# $x_0 = k$ by $\hat x_0(k) \cdot q(x_t \mid x_0 = k)$: it multiplies in the likelihood of the pixel's own
+# $x_t$ by itself. So the best $\hat x_0$ predicts each pixel from the *other* pixels, and the network
+# never has to copy its input. The same holds at $t = 1$, because the package decodes with eq. 14's step
+# too (notebook 03, "Two decoders"):
 #
-# $$\text{logits}_k = \log q(x_1 \mid x_0 = k) + \text{correction}_\theta(x_1, 1)_k ,$$
+# $$p(x_0 \mid x_1) \propto \hat x_0 \odot q(x_1 \mid x_0), \qquad
+#   q(x_1 \mid x_0 = k) = \bar\alpha_1 [x_1 = k] + (1 - \bar\alpha_1)/K ,$$
 #
-# where the first term is eq. 12 read as a function of $x_0$: what the observed $x_1$ alone says about
-# each candidate class, and it says a lot, because $x_1$ is almost surely $x_0$. The decoder of eq. 16
-# *is* $\hat x_0$ at $t = 1$, so it needs that sharpness, which a network would otherwise have to learn.
-# The correction's last layer starts at zero, so an untrained network at $t = 1$ is the Bayesian
-# posterior under a uniform prior, $\hat x_0 \propto q(x_1 \mid x_0 = k)$. Since
-# $q(x_t \mid x_0) = \bar\alpha_t [x_t = x_0] + (1 - \bar\alpha_t)/K$, that is three lines:
+# where the second factor is eq. 12 read as a function of $x_0$: what the observed $x_1$ alone says about
+# each candidate class, and it says a lot, because $x_1$ is almost surely $x_0$. The network's last layer
+# starts at zero, so an untrained network predicts the uniform $\hat x_0$ at every $t$, and its decoder is
+# already the Bayesian posterior under a uniform prior, $p(x_0 = k \mid x_1) \propto q(x_1 \mid x_0 = k)$.
+# Three lines check it:
 
 # %%
 schedule = make_schedule("hoogeboom-cosine", 1000)
 config = DenoiserConfig(num_classes=data.num_classes, height=32, width=32, schedule=schedule.to_dict())
 fresh = Denoiser(config)
 print(f"{count_parameters(fresh) / 1e6:.2f}M parameters; pixels folded {config.fold} x {config.fold}, "
-      f"channels {config.channels}, Bayes term: {config.bayes_logits}")
+      f"channels {config.channels}")
 
 x0 = test_maps[:2]
 t = torch.tensor([1, 700])
@@ -103,19 +108,20 @@ likelihood = a * torch.nn.functional.one_hot(x_t[0], 8) + (1 - a) / 8  # q(x_1 |
 naive = likelihood / likelihood.sum(-1, keepdim=True)
 with torch.no_grad():
     untrained = torch.softmax(fresh(x_t, t).double(), -1)
-torch.testing.assert_close(untrained[0], naive, rtol=1e-5, atol=1e-6)  # the network computes in float32
-torch.testing.assert_close(untrained[1], torch.full_like(naive, 1 / 8))
-print(f"at t = 1 the untrained denoiser is Bayes' rule: it trusts x_1 with probability {naive.max(-1).values.mean():.5f}; "
-      "at t = 700 it knows nothing yet (1/8 per class)")
+torch.testing.assert_close(untrained, torch.full_like(untrained, 1 / 8))   # x0_hat: uniform, at t = 1 and 700
+decoder = q_posterior(torch.nn.functional.one_hot(x_t[0], 8).double(), untrained[0], 1, schedule)  # eq. 14 at t = 1
+torch.testing.assert_close(decoder, naive)
+print(f"untrained: x0_hat is 1/8 per class; its decoder is Bayes' rule, trusting x_1 with probability "
+      f"{decoder.max(-1).values.mean():.5f}")
 
 # %% [markdown]
-# Why not add the same term at every $t$? Because eq. 14 already does: notebook 02 showed that plugging
-# $\hat x_0$ into eq. 13 weighs each candidate $x_0 = k$ by $\hat x_0(k) \cdot q(x_t \mid x_0 = k)$, the
-# likelihood of the pixel's own $x_t$ included. So at $t \ge 2$ the best $\hat x_0$ predicts each pixel
-# from the *other* pixels, and adding $\log q(x_t \mid x_0 = k)$ to the logits would count the pixel's own
-# evidence twice, leaving the network to learn to take it out again. The package's first models did
-# that (`bayes_logits="all"`); `python benchmarks/quality.py --compare bayes-all:2.5` measures the cost
-# (the README's results table).
+# Why not let the network add $\log q(x_t \mid x_0 = k)$ to its logits itself? Because eq. 14 already
+# multiplies it in: adding it would count the pixel's own evidence twice, leaving the network to learn to
+# take it out again. The package's first models did that at every $t$ (`bayes_logits="all"`);
+# `python benchmarks/quality.py --compare bayes-all:2.5` measures the cost (the README's results
+# table). A later design added it at $t = 1$ only, with $\hat x_0$ itself as the decoder: the same bound,
+# but a sampler that jumps from $t > 1$ straight to $x_0$ then loses each pixel's evidence (see "Fewer
+# steps" below).
 #
 # All that training has to add is the prior over maps: which classes go where, given the rest of the
 # (noisy) scene.
@@ -144,9 +150,10 @@ ax.legend();
 
 # %% [markdown]
 # The running loss is a noisy estimate of the bound on *training* maps. For a number to compare, score
-# *test* maps. The exact bound needs all 1000 terms per map (about half a second per map here); a
-# Monte-Carlo estimate with $k$ random $t$ per map is much cheaper and comes with a standard error.
-# Both are upper bounds on the true bits per pixel.
+# *test* maps. The all-T estimate computes all 1000 terms per map, each at one draw of $x_t$ (about half a
+# second per map here); a Monte-Carlo estimate with $k$ random $t$ per map is much cheaper and noisier.
+# Both are unbiased estimates of the same bound, an upper bound on the true bits per pixel, and come
+# with a standard error.
 
 # %%
 def report(name, model):
@@ -162,7 +169,7 @@ report(f"after {TRAIN_SECONDS} s", model)
 #
 # Two minutes is a start. The package ships a checkpoint trained the same way for 45 minutes on 2 CPU
 # cores; its metadata records the whole training configuration, the commands that trained and evaluated
-# it, and its *exact* test bound over all 1000 test maps. With `RETRAIN = True` (first code cell) this notebook trains its own instead.
+# it, and its all-T estimate of the test bound over all 1000 test maps. With `RETRAIN = True` (first code cell) this notebook trains its own instead.
 
 # %%
 if RETRAIN:
@@ -174,7 +181,7 @@ else:
     model, meta = load_pretrained("toyseg", device=device)
     print(f"trained by:   {meta['command']}")
     print(f"evaluated by: {meta['eval_command']}")
-    print(f"exact test bound: {meta['test_bpd']:.4f} ± {meta['test_bpd_stderr']:.4f} bits per pixel over "
+    print(f"all-T estimate of the test bound: {meta['test_bpd']:.4f} ± {meta['test_bpd_stderr']:.4f} bits per pixel over "
           f"{meta['test_n_images']} maps = {meta['test_bpd'] / data.entropy_bits_per_pixel:.2f} x the entropy")
 model = model.to(device).eval()
 schedule = make_schedule(**model.config.schedule)
@@ -199,7 +206,7 @@ start = time.perf_counter()
 best = evaluate_bound(oracle, schedule, few, batch_size=len(few), progress=False)
 ours = evaluate_bound(model.cpu(), schedule, few, batch_size=len(few), progress=False)
 model.to(device)
-print(f"{len(few)} test maps, exact bounds ({time.perf_counter() - start:.0f} s): best denoiser {best['bpd']:.4f}, "
+print(f"{len(few)} test maps, all-T estimates ({time.perf_counter() - start:.0f} s): best denoiser {best['bpd']:.4f}, "
       f"ours {ours['bpd']:.4f}; these maps' exact -log2 p / pixel: {(-data.log_prob(few) / (data.height * data.width) / math.log(2)).mean():.4f}")
 
 parts = [bound_breakdown(r["per_t_bpd"])[:-1] for r in (best, ours)]   # the prior term is ~0 for both
@@ -227,33 +234,25 @@ ax.legend();
 # %% [markdown]
 # ## Samples
 #
-# Sampling runs the reverse chain: $x_T$ uniform, then $x_{t-1} \sim$ eq. 14 down to $t = 1$, and
-# $x_0$ from $\hat x_0(x_1, 1)$ (eq. 16): a thousand network calls. How good are the samples? The toy
-# generator knows the exact probability of every map, but that is a harsh judge: one wrong pixel (a
-# window one pixel off) makes a map impossible. A gentler one: cut each map into its 64 tiles of
-# 4 × 4 pixels and count the tiles that occur nowhere in the 20 000 training maps. Real test maps have
-# none; a single wrong pixel makes one.
+# Sampling runs the reverse chain: $x_T$ uniform, then $x_{t-1} \sim$ eq. 14 down to $t = 1$, whose step is
+# the decoder that draws $x_0$: a thousand network calls. How good are the samples? The toy generator
+# knows the exact probability of every map, but that is a harsh judge: one wrong pixel (a window one
+# pixel off) makes a map impossible. A gentler one: look at every 4 × 4 window of a map (all 29 × 29
+# positions) and count the windows that occur nowhere in the 20 000 training maps
+# (`mdiff_lite.data.unseen_windows`). Real test maps have almost none; a single wrong pixel makes up
+# to 16.
 
 # %%
-def tiles(maps):
-    return maps.to(torch.uint8).unfold(1, 4, 4).unfold(2, 4, 4).reshape(len(maps), -1, 16).numpy()
-
-seen_tiles = set(map(bytes, tiles(train_maps).reshape(-1, 16)))
-
-def unseen_tile_share(maps):
-    """Per map: the share of its 4 x 4 tiles that no training map contains."""
-    return torch.tensor([[bytes(tile) not in seen_tiles for tile in m] for m in tiles(maps)]).float().mean(1)
-
-print(f"{len(seen_tiles)} distinct tiles in the training maps; real test maps: "
-      f"{unseen_tile_share(test_maps[:256]).mean():.2%} unseen tiles")
+unseen_share = unseen_windows(train_maps, data.num_classes, size=4)   # indexes the training windows once
+print(f"real test maps: {unseen_share(test_maps[:256]).mean():.3%} unseen windows")
 generator = torch.Generator(device=device).manual_seed(1)
 maps, trajectory, grid = sample(model, schedule, 8 if SMOKE else 16, steps=20 if SMOKE else None,
                                 generator=generator, return_trajectory=True)
 maps = maps.cpu()
-share = unseen_tile_share(maps)
+share = unseen_share(maps)
 plot_grid(maps, data, ncols=8, titles=[f"{s:.0%} unseen" for s in share.tolist()],
-          suptitle="Samples (title: share of 4 x 4 tiles found in no training map)");
-print(f"samples: {share.mean():.2%} unseen tiles; {torch.isfinite(data.log_prob(maps)).sum()} of {len(maps)} "
+          suptitle="Samples (title: share of 4 x 4 windows found in no training map)");
+print(f"samples: {share.mean():.2%} unseen windows; {torch.isfinite(data.log_prob(maps)).sum()} of {len(maps)} "
       f"are exactly maps the generator can produce")
 
 # %% [markdown]
@@ -271,8 +270,12 @@ plot_grid(trajectory[frames, 0].long(), data, ncols=8, titles=[f"t = {grid[i]}" 
 # ## Fewer steps
 #
 # The sampler can skip: from $x_t$ straight to $x_s$ ($s < t$) with $q(x_s \mid x_t, \hat x_0)$, the
-# skip posterior of notebook 02, so the same network samples in $n$ calls instead of $T$. What does it
-# cost? The share of unseen tiles again, for samples drawn with fewer and fewer calls.
+# skip posterior of notebook 02, so the same network samples in $n$ calls instead of $T$. The last jump,
+# to $x_0$, is no exception: $q(x_0 \mid x_t, \hat x_0) \propto \hat x_0 \odot q(x_t \mid x_0)$ multiplies in
+# what each pixel's own $x_t$ says, since $\hat x_0$ predicts the pixel from the others. (An earlier
+# version of the package drew $x_0$ from $\hat x_0$ alone on that jump, and its few-step samples had
+# about half as many unseen windows again: `python benchmarks/samples.py`, in the README.) What does
+# skipping cost? The share of unseen windows again, for samples drawn with fewer and fewer calls.
 
 # %%
 rows = []
@@ -281,15 +284,15 @@ for steps in STEP_COUNTS:
     maps = sample(model, schedule, N_SAMPLES, steps=steps, generator=torch.Generator(device=device).manual_seed(2),
                   progress=False).cpu()
     seconds = time.perf_counter() - start
-    share = 100 * unseen_tile_share(maps)
+    share = 100 * unseen_share(maps)
     rows.append((steps, share.mean().item(), (share.std() / len(share) ** 0.5).item(), seconds))
-    print(f"{steps:>5} steps: {rows[-1][1]:5.2f} ± {rows[-1][2]:.2f} % unseen tiles, {seconds:5.1f} s for {N_SAMPLES} maps")
+    print(f"{steps:>5} steps: {rows[-1][1]:5.2f} ± {rows[-1][2]:.2f} % unseen windows, {seconds:5.1f} s for {N_SAMPLES} maps")
 
 fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
 ax.errorbar([r[0] for r in rows], [r[1] for r in rows], yerr=[r[2] for r in rows], marker="o", capsize=3,
             label="samples (± one standard error)")
 ax.axhline(0, color="k", ls="--", lw=1, label="real test maps")
-ax.set(xscale="log", xlabel="sampling steps (network calls)", ylabel="unseen 4 x 4 tiles (%)",
+ax.set(xscale="log", xlabel="sampling steps (network calls)", ylabel="unseen 4 x 4 windows (%)",
        title="Sample quality against the number of steps")
 ax.legend();
 
@@ -309,8 +312,8 @@ filled = inpaint(model, schedule, known, mask, steps=20 if SMOKE else 250,
                  generator=torch.Generator(device=device).manual_seed(3), progress=False).cpu()
 assert torch.equal(filled[:, :16], known[:, :16].cpu()), "known pixels are kept"
 fig = plot_grid(torch.cat([test_maps[:1], filled]), data, ncols=5,
-                titles=["original"] + [f"fill {i + 1}: {s:.0%} unseen tiles"
-                                       for i, s in enumerate(unseen_tile_share(filled).tolist())],
+                titles=["original"] + [f"fill {i + 1}: {s:.0%} unseen"
+                                       for i, s in enumerate(unseen_share(filled).tolist())],
                 suptitle="Top half kept, bottom half inpainted (250 steps)")
 for ax in fig.axes[1:5]:
     ax.axhline(15.5, color="white", lw=2, ls="--")
@@ -325,7 +328,7 @@ for ax in fig.axes[1:5]:
 digits = Digits()
 digit_model, digit_meta = load_pretrained("digits", device=device)
 digit_schedule = make_schedule(**digit_model.config.schedule)
-print(f"exact test bound {digit_meta['test_bpd']:.3f} ± {digit_meta['test_bpd_stderr']:.3f} bits per pixel "
+print(f"all-T estimate of the test bound {digit_meta['test_bpd']:.3f} ± {digit_meta['test_bpd_stderr']:.3f} bits per pixel "
       f"(uniform model: log2 17 = {math.log2(17):.2f})")
 digit_samples = sample(digit_model, digit_schedule, 16, steps=20 if SMOKE else None,
                        generator=torch.Generator(device=device).manual_seed(4), progress=False).cpu()
@@ -334,26 +337,29 @@ plot_grid(digit_samples, digits, ncols=8, legend=False, suptitle="Digit samples"
 # %% [markdown]
 # ## Summary
 #
-# - The denoiser predicts $\hat x_0$ from $(x_t, t)$. At $t = 1$ its logits start at Bayes' rule, so the
-#   decoder is sharp from the first step; at $t \ge 2$ eq. 14 brings the pixel's own evidence in, and the
-#   network learns only what the rest of the map says: the prior over maps.
-# - Training minimises eq. 17 at uniformly drawn $t$; two CPU minutes already beat the uniform
-#   model by an order of magnitude, and the shipped model is at 1.5 × the entropy.
+# - The denoiser predicts $\hat x_0$ from $(x_t, t)$; at every $t$, $t = 1$ (the decoder) included, eq. 14
+#   brings the pixel's own evidence in, so the decoder is sharp from the first step and the network learns
+#   only what the rest of the map says: the prior over maps.
+# - Training minimises eq. 17 at uniformly drawn $t$; two CPU minutes already take the bound far below
+#   the uniform model's 3 bits per pixel (how far depends on how many steps the machine managed: printed
+#   above), and the shipped model is at 1.5 × the entropy.
 # - Ancestral sampling takes $T$ network calls; skipping with $q(x_s \mid x_t, \hat x_0)$ trades calls for
-#   sample quality, measured here by the share of tiles no training map contains.
+#   sample quality, measured here by the share of 4 × 4 windows no training map contains; every jump,
+#   the last one to $x_0$ included, multiplies in each pixel's own evidence.
 # - Inpainting is sampling with part of the map clamped (to its correctly noised value at each step).
 #
 # ## Exercises
 #
 # 1. How many network calls does `sample(..., steps=50)` make with $T = 1000$? (Hint: `time_grid`.)
-# 2. In the untrained denoiser at $t = 1$ (hoogeboom-cosine, $T = 1000$), what probability does a pixel's own
-#    class $x_1$ get? Compute it from $\bar\alpha_1$ with the formula above and check with `fresh`.
+# 2. For the untrained denoiser at $t = 1$ (hoogeboom-cosine, $T = 1000$), what probability does its decoder
+#    give a pixel's own class $x_1$? Compute it from $\bar\alpha_1$ with the formula above and check with
+#    `decoder`.
 # 3. (Open) Inpaint the left half instead of the top half. Which classes does the model find hardest to
 #    continue, and why?
 
 # %%
 answer_1 = None  # number of network calls for steps=50
-answer_2 = None  # probability of class x_1 at t = 1 under the untrained denoiser
+answer_2 = None  # probability of class x_1 at t = 1 under the untrained denoiser's decoder
 
 # %%
 def check(name, answer, truth, tol=1e-3):
