@@ -3,6 +3,7 @@ opening and saving one in JupyterLab rewrites no byte of either file, and every 
 to bottom in smoke mode in a fresh kernel."""
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -54,7 +55,10 @@ def _save_through_jupytext(folder: Path, name: str) -> None:
         model = await manager.get(name, content=True, type="notebook")
         await manager.save({"type": "notebook", "format": "json", "content": model["content"]}, name)
 
-    asyncio.run(open_and_save())
+    # In a thread of its own: the browser tests' playwright (sync API) keeps an event loop running
+    # in the main thread for the whole session, and asyncio.run refuses to start inside one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, open_and_save()).result()
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
