@@ -2,9 +2,10 @@
 
 For each dataset's default model: optimiser steps per second (batch 64, the whole step: loss,
 backward, AdamW; the median step), the share of a step spent in the diffusion math (against the
-same step with the loss replaced by a plain sum of the logits, the two timed in turn), and evaluation throughput in map-terms per second (one
-term of the bound for one map: a network call plus eqs. 13-16), from which the time of an
-all-T evaluation of 1000 test maps at T = 1000 follows (10^6 map-terms).
+same step with the loss replaced by a plain sum of the logits, the two timed in turn), and
+evaluation throughput in map-terms per second (one term of the bound for one map: a network call
+plus eqs. 13-16), from which the time of an all-T evaluation of 1000 test maps at T = 1000
+follows (10^6 map-terms).
 
     python benchmarks/train_speed.py [--device auto] [--steps 30] [--t-sampler uniform|importance] [--json PATH]
 """

@@ -52,16 +52,14 @@ def kind_of(meta: dict) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _dataset_shapes() -> dict:
-    """``{name: (num_classes, height, width)}`` for every dataset, built once per process (toyseg
-    takes half a second). Imported here, not at the top: data imports scikit-learn (seconds)."""
-    from .data import DATASET_NAMES, dataset_by_name
+def _dataset_shape(name: str) -> tuple[int, int, int]:
+    """``(num_classes, height, width)`` of a dataset, built once per process and only for the
+    dataset asked about (toyseg takes half a second). Imported here, not at the top: data imports
+    scikit-learn (seconds)."""
+    from .data import dataset_by_name
 
-    shapes = {}
-    for name in DATASET_NAMES:
-        ds = dataset_by_name(name)
-        shapes[name] = (ds.num_classes, ds.height, ds.width)
-    return shapes
+    ds = dataset_by_name(name)
+    return ds.num_classes, ds.height, ds.width
 
 
 def check_meta(meta: dict, source, *, kind: str | None = None, dataset: str | None = None) -> None:
@@ -83,12 +81,14 @@ def check_meta(meta: dict, source, *, kind: str | None = None, dataset: str | No
         raise ValueError(f"{source}: holds a model of dataset {name!r}, not {dataset!r}")
     if name is None:
         return  # trained on data of the user's own: nothing to check it against
-    shapes = _dataset_shapes()
-    if not isinstance(name, str) or name not in shapes:
-        raise ValueError(f"{source}: names dataset {name!r}, which does not exist (there are: {', '.join(shapes)})")
+    from .data import DATASET_NAMES
+
+    if not isinstance(name, str) or name not in DATASET_NAMES:
+        raise ValueError(f"{source}: names dataset {name!r}, which does not exist (there are: "
+                         f"{', '.join(DATASET_NAMES)})")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"{source}: permute_seed must be None or an integer >= 0, got {seed!r}")
-    expected = shapes[name]
+    expected = _dataset_shape(name)
     got = tuple(config.get(k) for k in ("num_classes", "height", "width"))
     if got != expected:
         raise ValueError(f"{source}: its {key} is for {got[0]} classes at {got[1]} x {got[2]}, but dataset "

@@ -272,8 +272,9 @@ class OracleDenoiser:
     that marginal when ``x0_hat(k)`` is proportional to ``p(x_0 = k | x_t) / q(x_t | x_0 = k)`` at
     the pixel: the posterior of x0 given every pixel, the pixel's own evidence taken out again
     (eq. 14 multiplies it back in). The decoder is eq. 14 at ``t = 1``, so the same rule makes it
-    ``p(x_0 | x_1)`` itself. So this denoiser's bound is the lowest any denoiser of this form reaches at this T; what is left
-    above the entropy is the price of the independent pixels, and it shrinks as T grows.
+    ``p(x_0 | x_1)`` itself. So this denoiser's bound is the lowest any denoiser of this form
+    reaches at this T; what is left above the entropy is the price of the independent pixels, and
+    it shrinks as T grows.
 
     ``dataset`` must offer ``posterior(log_likelihood)`` (:meth:`mdiff_lite.data.ToySegmentation.posterior`).
     Follows the denoiser protocol, in float64: ``oracle(x_t, t) -> logits [B, H, W, K]``, computed on
