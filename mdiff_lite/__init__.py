@@ -11,12 +11,12 @@ __all__ = [
     "Schedule", "make_schedule", "SCHEDULE_NAMES",
     "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
     "sample_categorical", "one_hot", "bits_per_dim", "q_sample", "prior_kl", "vlb_terms", "training_loss",
-    "UniformTimeSampler", "ImportanceTimeSampler",
+    "UniformTimeSampler", "StratifiedTimeSampler", "ImportanceTimeSampler",
 ]
 
 from .schedules import SCHEDULE_NAMES, Schedule, make_schedule  # noqa: E402,F401
 from .diffusion import (  # noqa: E402,F401
     q_step, q_marginal, q_posterior, q_posterior_skip, categorical_kl, log_categorical, sample_categorical,
     one_hot, bits_per_dim, q_sample, prior_kl, vlb_terms, training_loss,
-    UniformTimeSampler, ImportanceTimeSampler,
+    UniformTimeSampler, StratifiedTimeSampler, ImportanceTimeSampler,
 )

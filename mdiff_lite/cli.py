@@ -24,11 +24,11 @@ from .data import DATASET_NAMES, dataset_by_name
 from .evaluate import bound_breakdown, estimate_bound, evaluate_bound
 from .models import Denoiser, DenoiserConfig
 from .schedules import SCHEDULE_NAMES, make_schedule
-from .train import TrainConfig, fit, load_denoiser, pick_device, save_checkpoint, update_meta
+from .train import AMP_CHOICES, T_SAMPLERS, TrainConfig, fit, load_denoiser, pick_device, save_checkpoint, update_meta
 
 # The model for each dataset when no --channels/--fold is given.
 MODEL_DEFAULTS = {
-    "toyseg": {},  # DenoiserConfig's defaults: fold 4, channels (56, 80, 96)
+    "toyseg": {},  # DenoiserConfig's defaults: fold 2, channels (32, 64, 96)
     "digits": {"fold": 1, "channels": (64, 96)},
 }
 
@@ -68,7 +68,8 @@ def cmd_train(args) -> None:
     steps = args.steps if args.steps is not None else (None if args.minutes else 2000)
     train_config = TrainConfig(steps=steps, max_seconds=args.minutes * 60 if args.minutes else None,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               t_sampler=args.t_sampler, checkpoint_every=args.checkpoint_every)
+                               t_sampler=args.t_sampler, checkpoint_every=args.checkpoint_every,
+                               amp=args.amp, compile=args.compile)
     meta = {"dataset": args.data, "permute_seed": args.permute_seed, "command": _command(args),
             "entropy_bits_per_pixel": _entropy(ds)}
     history = fit(model, train_maps, train_config, device=args.device, checkpoint_path=args.out,
@@ -104,7 +105,7 @@ def cmd_eval(args) -> None:
         result = estimate_bound(model, schedule, test, k=args.mc, seed=args.seed, progress=not args.json)
     else:
         result = evaluate_bound(model, schedule, test, batch_size=args.batch_size, max_batch=args.max_batch,
-                                seed=args.seed, progress=not args.json)
+                                seed=args.seed, progress=not args.json, compile=args.compile)
     entropy = meta.get("entropy_bits_per_pixel")
     out = {
         "checkpoint": str(args.checkpoint), "dataset": meta["dataset"], "permute_seed": meta.get("permute_seed"),
@@ -188,9 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="train afresh, overwriting --out")
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="hoogeboom-cosine")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                   help="maps per step (per process under torchrun); the learning rate scales with the "
+                        f"square root of the whole batch, from --lr at {TrainConfig.lr_batch}")
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--t-sampler", choices=("importance", "uniform"), default=TrainConfig.t_sampler)
+    p.add_argument("--amp", choices=AMP_CHOICES, default=TrainConfig.amp,
+                   help="mixed precision (auto: bfloat16 or float16 on CUDA by what the GPU has, float32 elsewhere)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (a minute to compile)")
+    p.add_argument("--t-sampler", choices=tuple(T_SAMPLERS), default=TrainConfig.t_sampler)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", help="comma-separated channels per level, e.g. 56,80,96")
     p.add_argument("--fold", type=int, help="pixels folded into channels per side (1, 2, 4)")
@@ -208,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc", type=int, metavar="K", help="a Monte-Carlo estimate with K draws of t per map instead")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=512)
+    p.add_argument("--compile", action="store_true", help="torch.compile the network first (about a minute; "
+                   "faster calls after)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=_threads, help="CPU threads for torch (default: torch's choice)")

@@ -34,7 +34,7 @@ __all__ = [
     "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
     "sample_categorical", "sample_index", "one_hot", "bits_per_dim",
     "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss", "x0_nll",
-    "UniformTimeSampler", "ImportanceTimeSampler",
+    "UniformTimeSampler", "StratifiedTimeSampler", "ImportanceTimeSampler",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +331,11 @@ def q_sample(x0: torch.Tensor, t, schedule: Schedule, num_classes: int,
     K = _check_num_classes(num_classes)
     x0 = _check_indices(x0, K, "x0")
     t = _check_t(t, 0, schedule.T, x0.device)
+    return _q_sample(x0, t, schedule, K, generator)
+
+
+def _q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, K: int, generator) -> torch.Tensor:
+    """:func:`q_sample` on checked inputs: no look at the values, so no wait for the device."""
     shape = torch.broadcast_shapes(t.shape, x0.shape)
     u = _uniform(shape, x0.device, generator)
     resample = u < schedule.buffer("one_minus_alpha_bars", x0.device, u.dtype)[t]
@@ -448,12 +453,20 @@ def prior_kl(x0: torch.Tensor, schedule: Schedule, num_classes: int) -> torch.Te
     # Every class is noised alike, so the KL is the same for every pixel: q(x_T | x_0) puts
     # a = alpha_bar_T + (1 - alpha_bar_T) / K on x_0 and b = (1 - alpha_bar_T) / K on the K - 1
     # others, and KL = a log(a K) + (K - 1) b log(b K). Computed once, in float64, on the CPU.
-    log_b = schedule.log_one_minus_alpha_bars[-1] - math.log(K)
-    log_a = torch.logaddexp(schedule.log_alpha_bars[-1], log_b)
-    per_pixel = (torch.xlogy(log_a.exp(), log_a.exp() * K) + (K - 1) * torch.xlogy(log_b.exp(), log_b.exp() * K)).item()
     dims = math.prod(x0.shape[1:])
-    return torch.full((x0.shape[0],), per_pixel * dims, device=x0.device,
+    return torch.full((x0.shape[0],), _prior_kl_per_pixel(schedule, K) * dims, device=x0.device,
                       dtype=torch.float32 if x0.device.type == "mps" else torch.float64)
+
+
+def _prior_kl_per_pixel(schedule: Schedule, K: int) -> float:
+    """The prior KL of one pixel (see :func:`prior_kl`), a Python float, computed once per K."""
+    key = ("prior_kl_per_pixel", K)
+    if key not in schedule._cache:
+        log_b = schedule.log_one_minus_alpha_bars[-1] - math.log(K)
+        log_a = torch.logaddexp(schedule.log_alpha_bars[-1], log_b)
+        schedule._cache[key] = (torch.xlogy(log_a.exp(), log_a.exp() * K)
+                                + (K - 1) * torch.xlogy(log_b.exp(), log_b.exp() * K)).item()
+    return schedule._cache[key]
 
 
 def _call_denoiser(denoiser, x_t: torch.Tensor, t: torch.Tensor, K: int) -> torch.Tensor:
@@ -590,13 +603,22 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
         raise ValueError(f"t_sampler must be a time sampler with T = {schedule.T}, got {t_sampler!r}")
     K = _resolve_num_classes(denoiser, num_classes)
     x0 = _check_x0_batch(x0, K)
+    return _training_loss(denoiser, x0, schedule, t_sampler, K, generator, reduction, with_x0_nll)
+
+
+def _training_loss(denoiser, x0, schedule, t_sampler, K: int, generator, reduction: str = "mean",
+                   with_x0_nll: bool = False):
+    """:func:`training_loss` on checked inputs (``fit`` checks its maps once): nothing here reads a
+    value back from the device, so on a GPU a training step runs without waiting for it (the
+    importance sampler's update is the exception: it learns from the losses on the host)."""
     B = x0.shape[0]
     t, p_t = t_sampler.sample(B, device=x0.device, generator=generator)
-    x_t = q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
+    x_t = _q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
     log_x0_hat = _call_denoiser(denoiser, x_t, t, K)
     L_t = _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K)
-    t_sampler.update(t, L_t.detach())
-    prior = prior_kl(x0, schedule, K).to(L_t.dtype)
+    if getattr(t_sampler, "learns", True):
+        t_sampler.update(t, L_t.detach())
+    prior = _prior_kl_per_pixel(schedule, K) * math.prod(x0.shape[1:])  # prior_kl, unchecked
     estimate = L_t / p_t.to(L_t.dtype) + prior
     if with_x0_nll:
         nll = _x0_nll(log_x0_hat, x0, x_t, t, schedule, K)
@@ -655,10 +677,11 @@ class UniformTimeSampler:
 
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         """``(t, p(t))``: LongTensor[batch_size] of times and float64 probabilities, on ``device``."""
-        p = self.probs().to(device=device, dtype=torch.float32 if torch.device(device).type == "mps"
-                            else torch.float64)
-        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-        return t, p[t]
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        t = torch.randint(1, self.T + 1, (batch_size,), device=device, generator=generator)
+        return t, torch.full((batch_size,), 1.0 / self.T, device=device, dtype=dtype)
+
+    learns = False  # update() ignores the losses: a trainer need not bring them to the host
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Uniform sampling learns nothing from the losses."""
@@ -672,6 +695,25 @@ class UniformTimeSampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(T={self.T})"
+
+
+class StratifiedTimeSampler(UniformTimeSampler):
+    """Uniform t, stratified across the batch: the batch of ``B`` draws splits ``1 .. T`` into
+    ``B`` equal ranges and takes one t from each (``t_i = floor(T (i + u_i) / B) + 1``,
+    ``u_i ~ U[0, 1)``, in a random order). Every t still has the weight ``1 / T``: the ranges
+    cover ``1 .. T`` once, so ``sum_i P(t_i = s) = B / T`` for every s, and the batch mean of
+    ``T * L_{t_i}`` stays unbiased for the bound. But no batch crowds into a few t, so its
+    gradient varies less than with independent draws (each example's own estimate is not
+    unbiased alone: only the batch mean is). With ``B = 1`` it is :class:`UniformTimeSampler`.
+    """
+
+    def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
+        """``(t, p(t))`` as :meth:`UniformTimeSampler.sample` returns them, with stratified t."""
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        u = torch.rand(batch_size, device=device, dtype=dtype, generator=generator)
+        strata = torch.randperm(batch_size, device=device, generator=generator).to(dtype)
+        t = ((strata + u) * (self.T / batch_size)).long().clamp_(max=self.T - 1) + 1
+        return t, torch.full((batch_size,), 1.0 / self.T, device=device, dtype=dtype)
 
 
 class ImportanceTimeSampler(UniformTimeSampler):
@@ -697,6 +739,16 @@ class ImportanceTimeSampler(UniformTimeSampler):
         self.history, self.uniform_mix = int(history), float(uniform_mix)
         self._sq = np.zeros((self.T + 1, self.history))  # row t: the last squared losses at t
         self._count = np.zeros(self.T + 1, dtype=np.int64)
+
+    learns = True
+
+    def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
+        """``(t, p(t))``: LongTensor[batch_size] of times drawn from :meth:`probs`, and their
+        probabilities (float64, float32 on MPS), on ``device``."""
+        p = self.probs().to(device=device, dtype=torch.float32 if torch.device(device).type == "mps"
+                            else torch.float64)
+        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        return t, p[t]
 
     @property
     def warmed_up(self) -> bool:

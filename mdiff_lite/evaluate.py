@@ -61,13 +61,15 @@ def _eval_mode(model):
 
 @torch.no_grad()
 def evaluate_bound(model, schedule: Schedule, maps: torch.Tensor, *, batch_size: int = 64,
-                   max_batch: int = 512, seed: int = 0, progress: bool = True) -> dict:
+                   max_batch: int = 512, seed: int = 0, progress: bool = True, compile: bool = False) -> dict:
     """The all-T estimate of the bound: all T + 1 terms for every map in ``maps``, each at one
     draw of ``x_t``.
 
     Args:
         batch_size: maps per ``vlb_terms`` call; ``max_batch``: maps per network call (several
             t share a call when ``max_batch > batch_size``).
+        compile: ``torch.compile`` the network first (about a minute; the calls are then faster:
+            ``benchmarks/train_speed.py`` measures by how much). Same terms, up to float rounding.
     Returns:
         ``{"bpd", "stderr", "bound", "n_images", "T", "per_t_bpd", "per_map_bpd", "seconds",
         "maps_per_second"}``; ``per_t_bpd[j]`` is column j of :func:`vlb_terms` averaged over
@@ -78,10 +80,11 @@ def evaluate_bound(model, schedule: Schedule, maps: torch.Tensor, *, batch_size:
     generator = torch.Generator(device=device).manual_seed(seed)
     totals, column_sums = [], torch.zeros(schedule.T + 1, dtype=torch.float64)
     start = time.perf_counter()
+    net = torch.compile(model, dynamic=False) if compile else model
     with _eval_mode(model), tqdm(total=N, desc="all-T bound", unit="map", disable=not progress) as bar:
         for i in range(0, N, batch_size):
             x0 = maps[i:i + batch_size].to(device)
-            terms = vlb_terms(model, x0, schedule, num_classes=model.num_classes, generator=generator,
+            terms = vlb_terms(net, x0, schedule, num_classes=model.num_classes, generator=generator,
                               max_batch=max_batch).cpu().double()  # float64 on the CPU: MPS has none
             totals.append(terms.sum(1))
             column_sums += terms.sum(0)

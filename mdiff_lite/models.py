@@ -6,11 +6,14 @@ The network follows the denoiser protocol of :mod:`mdiff_lite.diffusion`:
 Three choices make it small and fast enough for a laptop CPU:
 
 - **Folded pixels.** Each ``fold x fold`` block of pixels is folded into channels
-  (``pixel_unshuffle``); with the default ``fold = 4`` a 32 x 32 map is processed at 8 x 8, 4 x 4
-  and 2 x 2, at about half the cost per step of ``fold = 2``. Cheaper per step is not better
-  per minute: with the first design, ``fold = 2`` (channels 48/96/96) reached a lower bound in the
-  same 10 CPU minutes (the README's results table). But it takes about three times as long to
-  evaluate, and the all-T evaluation of 1000 maps must fit in 10 CPU minutes, so fold 4 stays.
+  (``pixel_unshuffle``); with the default ``fold = 2`` and channels 32/64/96 a 32 x 32 map is
+  processed at 16 x 16, 8 x 8 and 4 x 4. Resolution pays more than width here: in equal
+  10-minute CPU budgets (``benchmarks/quality.py``, the README's table) this network reached a
+  lower bound than the earlier default, ``fold = 4`` with 56/80/96 (8 x 8 at its finest, so
+  each position had to emit 16 pixels x 8 classes = 128 logits), though a step costs about
+  1.7 times as much; a fourth, narrower level (24/64/96/128) did worse than three. The price
+  is evaluation: a network call costs 128 MFLOP per map against 74, and the all-T evaluation
+  about twice as long.
 - **One meaning of x0_hat at every t.** Eq. 14 weighs each candidate ``x_0 = k`` by
   ``x0_hat(k) * q(x_t | x_0 = k)``: it multiplies in the likelihood of the pixel's own ``x_t``
   itself (eq. 13's first factor). So the best ``x0_hat`` predicts a pixel from the *other*
@@ -68,9 +71,9 @@ class DenoiserConfig:
     height: int
     width: int
     schedule: dict = field(default_factory=lambda: {"name": "hoogeboom-cosine", "T": 1000})
-    channels: tuple = (56, 80, 96)
+    channels: tuple = (32, 64, 96)
     blocks_per_level: int = 1
-    fold: int = 4
+    fold: int = 2
     embed_dim: int = 32  # width of the sinusoidal time embedding
     attention: bool = True
     groups: int = 8

@@ -8,6 +8,13 @@ exponential moving average (EMA) of the weights, which is what gets evaluated an
 rate decays over whichever budget runs out first. Under ``torchrun`` it trains with
 DistributedDataParallel, and all ranks keep the same weights and the same importance sampler.
 
+Written to keep a GPU busy: the maps live on the device and each batch is drawn there; a step
+reads nothing back to the host (its inputs were checked once, before the loop; the loss is read
+every ``log_every`` steps, for the history, the progress bar and the NaN check; only the
+importance sampler, which learns from the losses, reads them every step); AdamW is fused; the
+mixed-precision type follows the device (:func:`autocast_dtype`); ``compile=True`` compiles the
+network; the learning rate scales with the square root of the batch size.
+
 Checkpoints (:mod:`mdiff_lite.checkpoint`) are ``torch.save`` dicts of tensors plus JSON-able
 metadata, written atomically and read with ``torch.load(weights_only=True)``.
 
@@ -35,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import check_meta, load_weights, read_checkpoint, update_meta, write_checkpoint
-from .diffusion import ImportanceTimeSampler, UniformTimeSampler, bits_per_dim, training_loss
+from .diffusion import ImportanceTimeSampler, StratifiedTimeSampler, UniformTimeSampler, _training_loss, bits_per_dim
 from .models import Denoiser, DenoiserConfig, count_parameters
 from .schedules import Schedule, make_schedule
 
@@ -70,13 +77,41 @@ def pick_device(device: str | torch.device | None = None, verbose: bool = True) 
     return chosen
 
 
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``TrainConfig.amp`` on ``device``, or None for float32."""
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type != "cuda":  # "auto" off CUDA
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+# How t is drawn for each example of a batch (diffusion.UniformTimeSampler and its kin).
+T_SAMPLERS = {"uniform": UniformTimeSampler, "stratified": StratifiedTimeSampler, "importance": ImportanceTimeSampler}
+
+
 @dataclass
 class TrainConfig:
     """How to train. ``steps`` and ``max_seconds``: whichever budget ends first (None: no limit)."""
 
     steps: int | None = 2000
     max_seconds: float | None = None
-    batch_size: int = 64
+    # benchmarks/quality.py --compare (the README's quality table): on 2 CPU cores, batches of 32
+    # took the bound lower in 10 minutes than batches of 64 (twice the steps, each half the cost).
+    # A GPU wants far larger batches (benchmarks/train_speed.py --batch-size).
+    batch_size: int = 32
+    # The learning rate is ``lr`` at batches of ``lr_batch`` maps and scales with the square root
+    # of the whole batch (batch_size times the processes under torchrun; Adam's usual rule), so a
+    # larger batch needs no new lr to start from.
+    lr_batch: int = 32
     # benchmarks/quality.py --compare importance:2.5,lr2e-3:2.5 (the README's quality table): on
     # the toy maps, uniform t and lr 3e-3 each reach a lower bound in a fixed CPU budget than
     # importance sampling and 2e-3, the first defaults.
@@ -85,12 +120,25 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995
-    t_sampler: str = "uniform"  # or "importance": p(t) ∝ sqrt(E[L_t^2]) (diffusion.ImportanceTimeSampler)
+    # "stratified": uniform t, one draw from each of batch_size equal ranges of 1..T
+    # (diffusion.StratifiedTimeSampler); "uniform": independent draws; "importance":
+    # p(t) ∝ sqrt(E[L_t^2]) (diffusion.ImportanceTimeSampler).
+    t_sampler: str = "stratified"
     x0_nll_weight: float = 0.0  # weight of the auxiliary -log p(x_0 | x_t) (diffusion.x0_nll) in the loss
     importance_history: int = 10  # losses kept per t; also the warm-up visits per t
     seed: int = 0
-    amp: bool = True  # bfloat16 autocast, on CUDA only
+    # Mixed precision: "auto" picks by device (CUDA: bfloat16 where the GPU has it, else float16
+    # with a gradient scaler; the CPU and MPS: float32, since a CPU without bfloat16 instructions,
+    # like the AVX2 machines this was built on, only emulates it); or "bf16", "fp16", "off".
+    amp: str = "auto"
+    compile: bool = False  # torch.compile the network for training (a minute to compile; time it with
+    # benchmarks/train_speed.py --compile)
+    log_every: int = 10  # steps between reads of the loss (history, progress bar, the NaN check)
     checkpoint_every: int = 500  # steps; 0 to save only at the end
+
+    def __post_init__(self):
+        if isinstance(self.amp, bool):  # earlier versions: True meant bfloat16 on CUDA only
+            self.amp = "auto" if self.amp else "off"
 
     def validate(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -101,8 +149,14 @@ class TrainConfig:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.t_sampler not in ("importance", "uniform"):
-            raise ValueError(f"t_sampler must be 'importance' or 'uniform', got {self.t_sampler!r}")
+        if self.lr_batch < 1:
+            raise ValueError(f"lr_batch must be >= 1, got {self.lr_batch}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {', '.join(map(repr, AMP_CHOICES))}, got {self.amp!r}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.t_sampler not in T_SAMPLERS:
+            raise ValueError(f"t_sampler must be one of {', '.join(map(repr, T_SAMPLERS))}, got {self.t_sampler!r}")
         if not self.x0_nll_weight >= 0:
             raise ValueError(f"x0_nll_weight must be >= 0, got {self.x0_nll_weight}")
         if not 0 <= self.ema_decay < 1:
@@ -215,9 +269,10 @@ def _distributed() -> tuple[bool, int, int]:
     return False, 0, 1
 
 
-# The training config's budget: a resumed run may change it (to extend the run). Everything else in
-# the config, the data and the network defines the run, and a resume must not mix two runs.
-_BUDGET_FIELDS = ("steps", "max_seconds", "checkpoint_every")
+# The training config's budget, and how the run is watched and compiled: a resumed run may change
+# them (to extend the run, say). Everything else in the config, the data and the network defines
+# the run, and a resume must not mix two runs.
+_BUDGET_FIELDS = ("steps", "max_seconds", "checkpoint_every", "log_every", "compile")
 
 
 def _run_of(meta: dict) -> dict:
@@ -229,6 +284,8 @@ def _run_of(meta: dict) -> dict:
     except (TypeError, ValueError):
         pass
     train_config = {k: v for k, v in (meta.get("train_config") or {}).items() if k not in _BUDGET_FIELDS}
+    if isinstance(train_config.get("amp"), bool):  # an older file's spelling (TrainConfig.__post_init__)
+        train_config["amp"] = "auto" if train_config["amp"] else "off"
     run = {k: meta[k] for k in ("dataset", "permute_seed", "train_maps_shape") if k in meta}
     for part, fields in (("train_config", train_config), ("model_config", model_config)):
         for k, v in fields.items():
@@ -281,7 +338,7 @@ def _catch_stop_signals(handler) -> dict:
 
 def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = None, *,
         device=None, checkpoint_path=None, resume: bool = True, meta: dict | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, on_log=None) -> dict:
     """Train ``model`` on ``train_maps`` (LongTensor ``[N, H, W]`` of class indices).
 
     Args:
@@ -292,9 +349,13 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
             so that a run stopped and resumed ends bitwise equal (on the CPU) to one that never
             stopped. A file of another run (other data, permutation, network, schedule, t
             sampler, optimiser settings or seed: anything but the budget, ``steps``,
-            ``max_seconds`` and ``checkpoint_every``) is refused with every difference listed;
+            ``max_seconds`` and ``checkpoint_every``, and ``log_every`` and ``compile``) is
+            refused with every difference listed;
             ``resume=False`` trains afresh and overwrites it.
         meta: extra JSON-able metadata for the checkpoint (dataset, permute_seed, command...).
+        on_log: called at every log step as ``on_log(step, seconds, ema_model)``; if it returns
+            True, training ends there as if its budget were spent. Its own time is not counted in
+            the budget (``benchmarks/train_speed.py --target-ratio`` evaluates the EMA with it).
     Returns:
         the history: ``{"step": [...], "loss_bpd": [...], "lr": [...], "seconds": [...], ...}``,
         where ``loss_bpd`` is the running (EMA-smoothed) estimate of the bound in bits per pixel.
@@ -332,9 +393,15 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     net = model
     if is_dist:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.compile:
+        net = torch.compile(net)
+    # Fused AdamW: one kernel for all parameters, and no read of its step count on the host.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=device.type in ("cuda", "cpu"))
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     sampler = (ImportanceTimeSampler(schedule.T, history=config.importance_history)
-               if config.t_sampler == "importance" else UniformTimeSampler(schedule.T))
+               if config.t_sampler == "importance" else T_SAMPLERS[config.t_sampler](schedule.T))
     history = {"step": [], "loss_bpd": [], "lr": [], "seconds": []}
     step, elapsed, running = 0, 0.0, None
     g = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
@@ -359,6 +426,8 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         _load_weights_into(ema, weights, old_meta, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
+        if state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         history = json.loads(state["history_json"])
         running = state.get("running_bpd", history["loss_bpd"][-1] if history["loss_bpd"] else None)
@@ -374,7 +443,10 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                                     "not repeat an uninterrupted one bit for bit)"))
 
     N, D = train_maps.shape[0], cfg_h * cfg_w
-    use_amp = config.amp and device.type == "cuda"
+    train_maps = train_maps.to(device)  # once: a step draws its batch on the device
+    lr_scale = math.sqrt(config.batch_size * world / config.lr_batch)  # the whole batch, over all ranks
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
     def sampler_update(t, losses):
         if is_dist:  # every rank must feed the same losses to the sampler, or their p(t) drift apart
             t_all = [torch.empty_like(t) for _ in range(world)]
@@ -385,7 +457,8 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         sampler.update(t.cpu(), losses.cpu())
 
     # The sampler as training_loss sees it: its own draws, the synchronised update.
-    synced_sampler = SimpleNamespace(T=sampler.T, sample=sampler.sample, update=sampler_update)
+    synced_sampler = SimpleNamespace(T=sampler.T, sample=sampler.sample, update=sampler_update,
+                                     learns=getattr(sampler, "learns", True))
 
     def done() -> bool:
         return ((config.steps is not None and step >= config.steps)
@@ -413,7 +486,8 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         state = {"raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                  "step": step, "elapsed": elapsed, "history_json": json.dumps(history),
-                 "running_bpd": running, "random_states": all_states}
+                 "running_bpd": None if running is None else float(running), "random_states": all_states,
+                 "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None}
         save_checkpoint(checkpoint_path, ema, info, training_state=state)
 
     if done():  # resumed with nothing left to do: leave the checkpoint (and its results) alone
@@ -442,25 +516,26 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     try:
         while not done():
             random_states = _random_states((g, g_cpu), device)  # as the last finished step left them
-            index = torch.randint(0, N, (config.batch_size,), generator=g_cpu)
-            x0 = train_maps[index].to(device, non_blocking=True)
+            index = torch.randint(0, N, (config.batch_size,), device=device, generator=g)
+            x0 = train_maps[index]
             progress_frac = max(step / config.steps if config.steps else 0.0,
                                 elapsed / config.max_seconds if config.max_seconds else 0.0)
-            lr = config.lr * _lr_factor(progress_frac, step, config.warmup_steps)
+            lr = config.lr * lr_scale * _lr_factor(progress_frac, step, config.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 if config.x0_nll_weight:
-                    loss, nll = training_loss(net, x0, schedule, synced_sampler, num_classes=K, generator=g,
-                                              with_x0_nll=True)
+                    loss, nll = _training_loss(net, x0, schedule, synced_sampler, K, g, with_x0_nll=True)
                     objective = loss + config.x0_nll_weight * nll
                 else:
-                    objective = loss = training_loss(net, x0, schedule, synced_sampler, num_classes=K, generator=g)
+                    objective = loss = _training_loss(net, x0, schedule, synced_sampler, K, g)
             optimizer.zero_grad(set_to_none=True)
-            (objective / D).backward()  # nats per pixel: a scale that does not depend on the map size
+            scaler.scale(objective / D).backward()  # nats per pixel: a scale that does not depend on the map size
             if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
+            scaler.step(optimizer)
+            scaler.update()
             with torch.no_grad():
                 decay = min(config.ema_decay, (1 + step) / (10 + step))  # short memory at first
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
@@ -472,17 +547,29 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 clock = torch.tensor([elapsed, stop_signal], dtype=torch.float64, device=device)
                 dist.all_reduce(clock, op=dist.ReduceOp.MAX)
                 elapsed, stop_signal = float(clock[0]), int(clock[1])
-            loss = loss.detach()
-            bpd = float(bits_per_dim(loss, D))
-            if not math.isfinite(bpd):
-                raise FloatingPointError(f"the loss became {bpd} at step {step}")
+            # The running estimate stays on the device; it is read (and the host waits for the
+            # device) only every log_every steps.
+            bpd = bits_per_dim(loss.detach().to(acc_dtype), D)
             running = bpd if running is None else 0.98 * running + 0.02 * bpd
-            if step % 10 == 0 or done():
+            if step % config.log_every == 0 or done() or stop_signal:
+                running_now, bpd_now = torch.stack([torch.as_tensor(running, dtype=acc_dtype, device=device),
+                                                    bpd]).tolist()
+                if not math.isfinite(bpd_now) or not math.isfinite(running_now):
+                    raise FloatingPointError(f"the loss became {bpd_now if not math.isfinite(bpd_now) else running_now}"
+                                             f" by step {step}")
+                running = running_now
                 history["step"].append(step)
                 history["loss_bpd"].append(running)
                 history["lr"].append(lr)
                 history["seconds"].append(round(elapsed, 2))
-                bar.set_postfix(bpd=f"{running:.3f}", loss=f"{float(loss) / D:.4f}", lr=f"{lr:.1e}")
+                bar.set_postfix(bpd=f"{running:.3f}", loss=f"{bpd_now:.3f}", lr=f"{lr:.1e}")
+                if on_log is not None:
+                    paused = time.perf_counter()
+                    reached = on_log(step, elapsed, ema)
+                    start += time.perf_counter() - paused  # the callback's time is not training time
+                    if reached:
+                        bar.update(1)
+                        break
             bar.update(1)
             if stop_signal:
                 break

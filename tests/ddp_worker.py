@@ -13,9 +13,9 @@ torch.manual_seed(0)  # the same initial weights on every rank (DDP also broadca
 maps = torch.randint(0, 4, (64, 8, 8))
 model = Denoiser(DenoiserConfig(num_classes=4, height=8, width=8, fold=1, channels=(16, 32), embed_dim=16,
                                 schedule={"name": "hoogeboom-cosine", "T": 20}))
-# history=1: the importance sampler warms up within these steps (20 times, 2 ranks x 8 losses a
+# history=1: the importance sampler warms up within these steps (every t of 20 seen once; 2 ranks x 8 losses a
 # step), so p(t) turns non-uniform and would differ between ranks that did not share losses.
-history = fit(model, maps, TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=0,
+history = fit(model, maps, TrainConfig(steps=12, batch_size=8, warmup_steps=2, checkpoint_every=0,
                                        t_sampler="importance", importance_history=1),
               device="cpu", checkpoint_path=f"{out_dir}/ckpt.pt", progress=False)
 rank = torch.distributed.get_rank()

@@ -112,7 +112,7 @@ def test_train_refuses_to_resume_another_run_unless_asked_for_a_fresh_one(files,
     main(train + ["--steps", "2"])
     capsys.readouterr()
     line = one_line_error(capsys, train + ["--steps", "4", "--t-sampler", "importance", "--permute-seed", "1"])
-    assert "train_config.t_sampler: 'uniform' in the checkpoint, 'importance' now" in line
+    assert "train_config.t_sampler: 'stratified' in the checkpoint, 'importance' now" in line
     assert "permute_seed: None in the checkpoint, 1 now" in line and "--no-resume" in line
     assert load_checkpoint(ckpt)[1]["steps"] == 2  # left alone
     main(train + ["--steps", "3", "--t-sampler", "importance", "--no-resume"])

@@ -375,12 +375,14 @@ def test_a_perfect_reverse_model_makes_the_bound_tight():
     torch.testing.assert_close(terms[:, T], torch.full((500,), expected[T], dtype=F64))
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "importance"])
+@pytest.mark.parametrize("sampler", ["uniform", "stratified", "importance"])
 def test_training_loss_is_unbiased_for_eq3(one_pixel_world, sampler):
     s, table = one_pixel_world
     model = TableDenoiser(torch.from_numpy(table))
     if sampler == "uniform":
         t_sampler = D.UniformTimeSampler(s.T)
+    elif sampler == "stratified":  # a batch of 20 000 over T = 4: every batch nearly a fixed grid
+        t_sampler = D.StratifiedTimeSampler(s.T)
     else:  # warmed up on made-up losses, so that p(t) is far from uniform
         t_sampler = D.ImportanceTimeSampler(s.T, history=2)
         t_sampler.update(torch.tensor([1, 1, 2, 2, 3, 3, 4, 4]), torch.tensor([9.0, 9, 1, 1, 0.1, 0.1, 3, 3]))
@@ -554,6 +556,22 @@ def test_uniform_sampler():
     t, p = sampler.sample(50_000, generator=torch.Generator().manual_seed(1))
     assert t.min() == 1 and t.max() == 7 and torch.allclose(p, torch.full_like(p, 1 / 7))
     assert stats.chisquare(torch.bincount(t)[1:].numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("T, B", [(7, 3), (1000, 64), (5, 5), (4, 9)])
+def test_stratified_sampler_is_uniform_and_spreads_every_batch(T, B):
+    sampler, g = D.StratifiedTimeSampler(T), torch.Generator().manual_seed(2)
+    batches = [sampler.sample(B, generator=g) for _ in range(20_000 // B + 200)]
+    t = torch.cat([b[0] for b in batches])
+    assert all(torch.allclose(b[1], torch.full((B,), 1 / T, dtype=F64)) for b in batches)
+    assert t.min() == 1 and t.max() == T
+    # Marginally uniform on 1..T (so the batch mean of T * L_t stays unbiased) ...
+    assert stats.chisquare(torch.bincount(t, minlength=T + 1)[1:].numpy()).pvalue > 1e-4
+    # ... and within a batch, the i-th smallest t lies in the i-th of B equal ranges of [0, T).
+    for ts, _ in batches[:50]:
+        lo = torch.arange(B, dtype=F64) * T / B
+        ranked = ts.sort().values.double() - 1  # 0-based
+        assert ((ranked >= lo.floor()) & (ranked < torch.ceil(lo + T / B))).all(), ts
 
 
 # ---- bad input gets a clear error -----------------------------------------------------------------

@@ -25,6 +25,10 @@ def test_oracle_table_is_the_benchmarks_output():
     assert between("oracle") == (ROOT / "benchmarks/results/oracle_cpu.md").read_text().strip()
 
 
+def test_designs_table_is_the_benchmarks_output():
+    assert between("designs") == (ROOT / "benchmarks/results/quality_cpu_designs.md").read_text().strip()
+
+
 def test_samples_table_is_the_benchmarks_output():
     assert between("samples") == (ROOT / "benchmarks/results/samples_cpu.md").read_text().strip()
 

@@ -192,7 +192,7 @@ def test_two_cpu_processes_stay_in_sync(tmp_path):
     assert r0["sampler_probs"] == r1["sampler_probs"]
     assert len(set(r0["sampler_probs"][1:])) > 1  # ...and p(t) has left the uniform warm-up
     meta = load_checkpoint(tmp_path / "ckpt.pt")[1]
-    assert meta["world_size"] == 2 and meta["steps"] == 6
+    assert meta["world_size"] == 2 and meta["steps"] == 12
     # The weights moved: training happened.
     torch.manual_seed(0)
     start = torch.cat([p.detach().flatten() for p in Denoiser(tiny_config()).parameters()])
@@ -272,7 +272,7 @@ def test_resume_refuses_another_run_and_lists_every_difference(tmp_path):
     before = path.read_bytes()
 
     # Switching only the t sampler (once a KeyError: 'history'):
-    with pytest.raises(ValueError, match="train_config.t_sampler: 'uniform' in the checkpoint, 'importance' now"):
+    with pytest.raises(ValueError, match="train_config.t_sampler: 'stratified' in the checkpoint, 'importance' now"):
         fit(model(), maps, TrainConfig(steps=8, t_sampler="importance", **base), device="cpu",
             checkpoint_path=path, meta=meta, progress=False)
     # Everything at once, every difference listed:
@@ -390,3 +390,99 @@ def test_sigterm_saves_the_steps_since_the_last_save_and_ends_the_process(tmp_pa
                   TrainConfig(steps=begun + 3, batch_size=8, checkpoint_every=10**6), device="cpu",
                   checkpoint_path=path, progress=False)
     assert history["step"][-1] == begun + 3
+
+
+class _ValueReads(torch.overrides.TorchFunctionMode):
+    """Counts every read of a tensor's value into Python (``item``, ``bool``, ``float``, ``tolist``,
+    a copy to the CPU...): on a GPU each is a wait for the device."""
+
+    READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("t_sampler", ["uniform", "stratified"])
+def test_a_training_step_reads_nothing_back_between_log_steps(t_sampler):
+    # Steps 1..10 and 1..40 of the same run differ by 30 steps and 3 log steps: between log steps
+    # a step must read no value back from the device (the loss, t, an index check...).
+    def reads(steps):
+        with _ValueReads() as mode:
+            fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=steps, batch_size=8, t_sampler=t_sampler,
+                                                                     log_every=10, checkpoint_every=0),
+                device="cpu", progress=False)
+        return mode.count
+    assert reads(40) - reads(10) == 3  # one read per log step: the running loss and the last one
+
+
+def test_a_nan_loss_stops_training_at_the_next_log_step():
+    class Broken(Denoiser):
+        def forward(self, x_t, t):
+            return super().forward(x_t, t) * float("nan")
+    with pytest.raises(FloatingPointError, match="by step 5"):
+        fit(Broken(tiny_config()), striped_maps(), TrainConfig(steps=20, batch_size=8, log_every=5),
+            device="cpu", progress=False)
+
+
+def test_mixed_precision_is_chosen_by_the_device():
+    from mdiff_lite.train import autocast_dtype
+    assert autocast_dtype("auto", torch.device("cpu")) is None  # float32 on the CPU unless asked
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("off", torch.device("cuda")) is None
+    assert TrainConfig(amp=True).amp == "auto" and TrainConfig(amp=False).amp == "off"  # older checkpoints
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="fp8").validate()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_cpu_too(amp):
+    # The code paths a GPU takes (autocast; for float16, the gradient scaler), run where CI can.
+    history = fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=30, batch_size=16, amp=amp),
+                  device="cpu", progress=False)
+    assert history["loss_bpd"][-1] < history["loss_bpd"][0]
+
+
+def test_the_learning_rate_scales_with_the_square_root_of_the_batch():
+    model = Denoiser(tiny_config())
+    history = fit(model, striped_maps(), TrainConfig(steps=5, batch_size=256, lr=1e-3, lr_batch=64, warmup_steps=0, log_every=1),
+                  device="cpu", progress=False)
+    # at step 1 of 5 the cosine factor is 1; sqrt(256 / 64) = 2 (lr_batch 64 here)
+    assert history["lr"][0] == pytest.approx(2e-3)
+
+
+def test_on_log_sees_the_ema_at_every_log_step_and_can_end_training():
+    seen = []
+
+    def on_log(step, seconds, ema):
+        assert not ema.training and seconds > 0
+        seen.append(step)
+        return step >= 20
+
+    history = fit(Denoiser(tiny_config()), striped_maps(), TrainConfig(steps=100, batch_size=8, log_every=5),
+                  device="cpu", progress=False, on_log=on_log)
+    assert seen == [5, 10, 15, 20] and history["step"][-1] == 20
+
+
+def test_compiled_training_and_evaluation_match_the_plain_ones():
+    # torch.compile (inductor, on the CPU here) must change speed only: the same steps give the same
+    # weights, and the same all-T estimate, up to float rounding (which Adam can turn into up to one
+    # lr-sized step, 1.5e-3 here, where a gradient is near zero).
+    s = make_schedule("hoogeboom-cosine", 20)
+    config = TrainConfig(steps=3, batch_size=8, warmup_steps=1, checkpoint_every=0)
+    plain, compiled = Denoiser(tiny_config()), Denoiser(tiny_config())
+    compiled.load_state_dict(plain.state_dict())
+    fit(plain, striped_maps(), config, device="cpu", progress=False)
+    fit(compiled, striped_maps(), TrainConfig(**{**config.__dict__, "compile": True}), device="cpu", progress=False)
+    for a, b in zip(plain.state_dict().values(), compiled.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
+    maps = striped_maps(16)
+    a = evaluate_bound(plain, s, maps, progress=False)
+    b = evaluate_bound(plain, s, maps, progress=False, compile=True)
+    assert b["bpd"] == pytest.approx(a["bpd"], rel=1e-4)
