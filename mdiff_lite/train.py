@@ -112,9 +112,9 @@ class TrainConfig:
     # of the whole batch (batch_size times the processes under torchrun; Adam's usual rule), so a
     # larger batch needs no new lr to start from.
     lr_batch: int = 32
-    # benchmarks/quality.py --compare importance:2.5,lr2e-3:2.5 (the README's quality table): on
-    # the toy maps, uniform t and lr 3e-3 each reach a lower bound in a fixed CPU budget than
-    # importance sampling and 2e-3, the first defaults.
+    # benchmarks/quality.py --compare importance:2.5,lr2e-3:2.5 (the README's quality table, with
+    # the earlier fold-4 network): on the toy maps, uniform t and lr 3e-3 each reach a lower bound
+    # in a fixed CPU budget than importance sampling and 2e-3, the first defaults.
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
