@@ -36,7 +36,7 @@ from mdiff_lite.train import TrainConfig, fit, pick_device  # noqa: E402
 # bayes-all: the Bayes term log q(x_t | x_0 = k) in the logits at every t, not only at t = 1;
 # uniform: independent uniform t (the earlier default), not stratified across the batch;
 # importance: t drawn by importance sampling (p(t) ∝ sqrt(E[L_t^2])) instead of uniformly;
-# batch64: batches of 64 maps at the same lr, 3e-3 (the earlier default);
+# batch64: batches of 64 maps at the same lr, 3e-3 (the earlier default); batch16: 16 maps, lr 3e-3;
 # lr2e-3: the learning rate of the first models;
 # x0-nll: plus the auxiliary cross-entropy -log p(x_0 | x_t) (diffusion.x0_nll), weight 1.
 VARIANTS = {
@@ -48,6 +48,7 @@ VARIANTS = {
     "uniform": ({}, {"t_sampler": "uniform"}),
     "importance": ({}, {"t_sampler": "importance"}),
     "batch64": ({}, {"batch_size": 64, "lr_batch": 64}),
+    "batch16": ({}, {"batch_size": 16, "lr_batch": 16}),
     "lr2e-3": ({}, {"lr": 2e-3}),
     "x0-nll": ({}, {"x0_nll_weight": 1.0}),
 }

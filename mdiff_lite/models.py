@@ -11,9 +11,8 @@ Three choices make it small and fast enough for a laptop CPU:
   10-minute CPU budgets (``benchmarks/quality.py``, the README's table) this network reached a
   lower bound than the earlier default, ``fold = 4`` with 56/80/96 (8 x 8 at its finest, so
   each position had to emit 16 pixels x 8 classes = 128 logits), though a step costs about
-  1.7 times as much; a fourth, narrower level (24/64/96/128) did worse than three. The price
-  is evaluation: a network call costs 128 MFLOP per map against 74, and the all-T evaluation
-  about twice as long.
+  1.5 times as much; a fourth, narrower level (24/64/96/128) did worse than three. The price
+  is evaluation: the all-T evaluation takes about 1.8 times as long (the README's speed table).
 - **One meaning of x0_hat at every t.** Eq. 14 weighs each candidate ``x_0 = k`` by
   ``x0_hat(k) * q(x_t | x_0 = k)``: it multiplies in the likelihood of the pixel's own ``x_t``
   itself (eq. 13's first factor). So the best ``x0_hat`` predicts a pixel from the *other*
