@@ -309,11 +309,15 @@ def _check_num_classes(num_classes) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _float64_where_possible(device) -> torch.dtype:
+    """float64, except on MPS, which has none (float32 there)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def _uniform(shape, device, generator) -> torch.Tensor:
     # float64 where the device has it: 1 - alpha_bar_1 can be 1e-7, finer than float32's grid
     # of uniforms (2^-24), and comparing against it in float32 would bias the first steps.
-    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, device=device, dtype=_float64_where_possible(device))
 
 
 def q_sample(x0: torch.Tensor, t, schedule: Schedule, num_classes: int,
@@ -677,9 +681,12 @@ class UniformTimeSampler:
 
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         """``(t, p(t))``: LongTensor[batch_size] of times and float64 probabilities, on ``device``."""
-        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
         t = torch.randint(1, self.T + 1, (batch_size,), device=device, generator=generator)
-        return t, torch.full((batch_size,), 1.0 / self.T, device=device, dtype=dtype)
+        return t, self._flat_probs(batch_size, device)
+
+    def _flat_probs(self, batch_size: int, device) -> torch.Tensor:
+        """``p(t) = 1 / T`` for each of ``batch_size`` draws."""
+        return torch.full((batch_size,), 1.0 / self.T, device=device, dtype=_float64_where_possible(device))
 
     learns = False  # update() ignores the losses: a trainer need not bring them to the host
 
@@ -709,11 +716,10 @@ class StratifiedTimeSampler(UniformTimeSampler):
 
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         """``(t, p(t))`` as :meth:`UniformTimeSampler.sample` returns them, with stratified t."""
-        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        u = torch.rand(batch_size, device=device, dtype=dtype, generator=generator)
-        strata = torch.randperm(batch_size, device=device, generator=generator).to(dtype)
+        u = _uniform(batch_size, device, generator)
+        strata = torch.randperm(batch_size, device=device, generator=generator).to(u.dtype)
         t = ((strata + u) * (self.T / batch_size)).long().clamp_(max=self.T - 1) + 1
-        return t, torch.full((batch_size,), 1.0 / self.T, device=device, dtype=dtype)
+        return t, self._flat_probs(batch_size, device)
 
 
 class ImportanceTimeSampler(UniformTimeSampler):
@@ -745,8 +751,7 @@ class ImportanceTimeSampler(UniformTimeSampler):
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         """``(t, p(t))``: LongTensor[batch_size] of times drawn from :meth:`probs`, and their
         probabilities (float64, float32 on MPS), on ``device``."""
-        p = self.probs().to(device=device, dtype=torch.float32 if torch.device(device).type == "mps"
-                            else torch.float64)
+        p = self.probs().to(device=device, dtype=_float64_where_possible(device))
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         return t, p[t]
 
