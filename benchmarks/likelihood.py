@@ -13,7 +13,14 @@ standard error over test maps. On the toy maps the true entropy is known, so the
 each model's ratio to it. The label-permutation experiment repeats the diffusion model and the
 ordinal flow with the class ids shuffled: the diffusion model cannot tell, the ordinal flow can.
 
+``--curve 1,2,4`` also scores every toy-map model on the original labels at those minutes of its
+training and at its end, on the same test maps: the diffusion model's EMA by a Monte-Carlo estimate
+(``--curve-k`` random t per map), each flow by its one-sample bound. The points before the end are
+the model in the middle of its run, with the learning rate not yet annealed; the scoring time is
+not counted in the budget. The curve is what notebook 06 plots.
+
     python benchmarks/likelihood.py [--minutes 6] [--digits-minutes 3] [--eval-maps 128] [--k 64]
+                                    [--curve MINUTES,...] [--curve-k 4]
                                     [--save-dir DIR] [--json PATH] [--markdown PATH] [--fast]
 
 Pin one core for a fair comparison while other work runs: ``taskset -c 0 python ... --threads 1``.
@@ -36,7 +43,7 @@ from mdiff_lite import make_schedule  # noqa: E402
 from mdiff_lite.baselines import KINDS, DequantizationFlow, evaluate_flow, fit_flow, save_flow  # noqa: E402
 from mdiff_lite.cli import MODEL_DEFAULTS  # noqa: E402
 from mdiff_lite.data import dataset_by_name  # noqa: E402
-from mdiff_lite.evaluate import ALL_T_LABEL, evaluate_bound  # noqa: E402
+from mdiff_lite.evaluate import ALL_T_LABEL, estimate_bound, evaluate_bound  # noqa: E402
 from mdiff_lite.models import Denoiser, DenoiserConfig, count_parameters  # noqa: E402
 from mdiff_lite.train import TrainConfig, fit, pick_device, save_checkpoint  # noqa: E402
 
@@ -46,9 +53,47 @@ FAST_DENOISER = {"channels": (8, 8), "fold": 2, "blocks_per_level": 1, "attentio
 FAST_FLOW = {"hidden": (8, 8), "steps": (1, 1), "dequantizer_hidden": 8, "dequantizer_steps": 1}
 
 
+def _minutes_list(text):
+    try:
+        minutes = [float(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes separated by commas, got {text!r}") from None
+    if not minutes or any(not m > 0 for m in minutes):
+        raise argparse.ArgumentTypeError(f"expected positive minutes, got {text!r}")
+    return minutes
+
+
 def _budget(args, name):
     return {"steps": args.fast_steps if args.fast else None,
             "seconds": 60 * (args.minutes if name == "toyseg" else args.digits_minutes)}
+
+
+def _curve_recorder(args, name, permuted, score):
+    """``(on_log, points)``: an ``on_log`` for fit/fit_flow that appends ``score(model)`` to
+    ``points`` each time training passes a minute of ``args.curve`` (None when no curve is asked)."""
+    if not args.curve or name != "toyseg" or permuted:
+        return None, None
+    todo, points = sorted(m for m in args.curve if 60 * m < _budget(args, name)["seconds"]), []
+
+    def on_log(step, seconds, model):
+        while todo and seconds >= 60 * todo[0]:
+            todo.pop(0)
+            points.append({"minutes": seconds / 60, "steps": step, **score(model)})
+    return on_log, points
+
+
+def _score_diffusion(args, schedule, test):
+    def score(model):
+        r = estimate_bound(model, schedule, test, k=args.curve_k, seed=args.seed, progress=False)
+        return {"bpd": r["bpd"], "stderr": r["stderr"], "bound": r["bound"]}
+    return score
+
+
+def _score_flow(test, args):
+    def score(model):
+        r = evaluate_flow(model, test, k=1, batch_size=256, seed=args.seed)
+        return {"bpd": r["bpd"], "stderr": r["stderr"], "bound": r["bound"]}
+    return score
 
 
 def run_diffusion(ds, name, permuted, args, device) -> dict:
@@ -58,15 +103,21 @@ def run_diffusion(ds, name, permuted, args, device) -> dict:
     torch.manual_seed(args.seed)
     model = Denoiser(config)
     budget = _budget(args, name)
+    schedule, test = make_schedule(**config.schedule), ds.split("test")[:args.eval_maps]
+    score = _score_diffusion(args, schedule, test)
+    on_log, curve = _curve_recorder(args, name, permuted, score)
     history = fit(model, ds.split("train"), TrainConfig(steps=budget["steps"], max_seconds=budget["seconds"],
                                                         seed=args.seed, checkpoint_every=0),
-                  device=device, progress=not args.quiet)
-    result = evaluate_bound(model, make_schedule(**config.schedule), ds.split("test")[:args.eval_maps],
-                            progress=not args.quiet)
+                  device=device, progress=not args.quiet, on_log=on_log)
+    if curve is not None:
+        curve.append({"minutes": history["seconds"][-1] / 60, "steps": history["step"][-1], **score(model)})
+    result = evaluate_bound(model, schedule, test, progress=not args.quiet)
     row = {"model": "multinomial diffusion", "kind": "diffusion", "parameters": count_parameters(model),
            "steps": history["step"][-1], "train_seconds": history["seconds"][-1],
            "bounds": [{"k": None, "bpd": result["bpd"], "stderr": result["stderr"], "bound": result["bound"],
                        "label": ALL_T_LABEL.format(T=args.T), "eval_seconds": result["seconds"]}]}
+    if curve is not None:
+        row["curve"] = curve
     if args.save_dir:
         path = Path(args.save_dir) / f"diffusion_{name}{'_permuted' if permuted else ''}.pt"
         save_checkpoint(path, model, {"dataset": name, "permute_seed": PERMUTE_SEED if permuted else None,
@@ -81,9 +132,12 @@ def run_flow(ds, name, kind, permuted, args, device) -> dict:
     model = DequantizationFlow(kind, ds.num_classes, ds.height, ds.width, **(FAST_FLOW if args.fast else {}))
     model.to(device)
     budget = _budget(args, name)
-    history = fit_flow(model, ds.split("train"), steps=budget["steps"], max_seconds=budget["seconds"],
-                       seed=args.seed, progress=not args.quiet)
     test = ds.split("test")[:args.eval_maps]
+    on_log, curve = _curve_recorder(args, name, permuted, _score_flow(test, args))
+    history = fit_flow(model, ds.split("train"), steps=budget["steps"], max_seconds=budget["seconds"],
+                       seed=args.seed, progress=not args.quiet, on_log=on_log)
+    if curve is not None:
+        curve.append({"minutes": history["seconds"] / 60, "steps": history["steps"], **_score_flow(test, args)(model)})
     bounds = []
     for k in (1, args.k):
         r = evaluate_flow(model, test, k=k, batch_size=max(1, 256 // k), seed=args.seed, progress=not args.quiet)
@@ -92,6 +146,8 @@ def run_flow(ds, name, kind, permuted, args, device) -> dict:
                        "eval_seconds": r["seconds"]})
     row = {"model": f"flow, {kind} dequantization", "kind": kind, "parameters": model.num_parameters,
            "steps": history["steps"], "train_seconds": history["seconds"], "bounds": bounds}
+    if curve is not None:
+        row["curve"] = curve
     if args.save_dir:
         path = Path(args.save_dir) / f"flow_{name}{'_permuted' if permuted else ''}_{kind}.pt"
         save_flow(path, model.cpu(), {"dataset": name, "permute_seed": PERMUTE_SEED if permuted else None,
@@ -125,6 +181,16 @@ def markdown(result: dict) -> str:
     for p in result["permutation"]:
         lines.append(f"Permuting the labels of {p['dataset']} changes {p['model']} by {p['relative_change']:+.1%} "
                      f"({p['original']:.4f} -> {p['permuted']:.4f}, {p['bound']}).")
+    curves = [r for r in result["rows"] if r.get("curve")]
+    if curves:
+        lines += ["", "During training (`--curve`): test bits per pixel at each minute of each run, on the same maps; "
+                  "the diffusion model's EMA by a Monte-Carlo estimate of its bound (random t), each flow by its "
+                  "one-sample bound; the last point is the end of the run.", "",
+                  "| model | " + " | ".join(f"{p['minutes']:.1f} min" for p in curves[0]["curve"]) + " |",
+                  "|---|" + "---:|" * len(curves[0]["curve"])]
+        for r in curves:
+            lines.append(f"| {r['model']} | " + " | ".join(f"{p['bpd']:.3f} +- {p['stderr']:.3f}" for p in r["curve"])
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,6 +203,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-permutation", action="store_true", help="skip the label-permutation runs")
     parser.add_argument("--eval-maps", type=int, default=128)
     parser.add_argument("--k", type=int, default=64, help="samples of the importance-weighted flow bound")
+    parser.add_argument("--curve", type=_minutes_list, default=None, metavar="MINUTES,...",
+                        help="also score the toy-map models at these minutes of training (notebook 06's curve)")
+    parser.add_argument("--curve-k", type=int, default=4, help="random t per map for the diffusion curve's estimate")
     parser.add_argument("--T", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -167,6 +236,8 @@ def main(argv=None) -> dict:
     if args.digits_minutes:
         plan += [("digits", False, "diffusion")] + [("digits", False, k) for k in kinds["digits"]]
 
+    if args.curve_k < 1:
+        parser.error(f"--curve-k must be at least 1, got {args.curve_k}")
     settings = {"minutes": args.minutes, "digits_minutes": args.digits_minutes, "T": args.T, "k": args.k,
                 "eval_maps": args.eval_maps, "seed": args.seed, "fast": args.fast}
     earlier = {}

@@ -528,13 +528,18 @@ def _check_training_maps(model, maps, name: str) -> torch.Tensor:
 
 def fit_flow(model: DequantizationFlow, train_maps: torch.Tensor, *, steps: int | None = None,
              max_seconds: float | None = None, batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 200,
-             max_grad_norm: float = 100.0, seed: int = 0, progress: bool = True) -> dict:
+             max_grad_norm: float = 100.0, seed: int = 0, progress: bool = True, on_log=None,
+             log_every: int = 10) -> dict:
     """Train ``model`` by maximising the one-sample bound with Adam, on the device it is on.
 
     Batches are drawn with replacement; training stops after ``steps`` or ``max_seconds``,
     whichever comes first (at least one must be given). The learning rate rises linearly over
     ``warmup_steps`` (ActNorm's data-dependent start and the first Adam steps are fragile in flows).
     ``seed`` fixes the batches and the dequantization noise.
+
+    ``on_log``, if given, is called every ``log_every`` steps as ``on_log(step, seconds, model)``,
+    as :func:`mdiff_lite.train.fit` calls it: its own time is not counted in the budget, and if it
+    returns True training ends there (``benchmarks/likelihood.py --curve`` scores the flow with it).
 
     Returns: ``{"steps", "seconds", "loss_bpd"}``, the last a list with one training loss per
     step, in bits per pixel (a noisy one-sample estimate of the bound).
@@ -547,6 +552,9 @@ def fit_flow(model: DequantizationFlow, train_maps: torch.Tensor, *, steps: int 
     if max_seconds is not None and (not isinstance(max_seconds, numbers.Real) or max_seconds <= 0):
         raise ValueError(f"max_seconds must be positive, got max_seconds = {max_seconds!r}")
     batch_size = _positive_int(batch_size, "batch_size")
+    log_every = _positive_int(log_every, "log_every")
+    if on_log is not None and not callable(on_log):
+        raise TypeError(f"on_log must be callable, got {type(on_log).__name__}")
     device = model._dtype_device()[1]
     batch_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed)
@@ -567,6 +575,13 @@ def fit_flow(model: DequantizationFlow, train_maps: torch.Tensor, *, steps: int 
         losses.append(loss.item() / math.log(2))
         bar.update(1)
         bar.set_postfix(bpd=f"{losses[-1]:.3f}")
+        if on_log is not None and len(losses) % log_every == 0:
+            paused = time.perf_counter()
+            reached = on_log(len(losses), paused - start, model)
+            model.train()
+            start += time.perf_counter() - paused  # the callback's time is not training time
+            if reached:
+                break
     bar.close()
     return {"steps": len(losses), "seconds": time.perf_counter() - start, "loss_bpd": losses}
 

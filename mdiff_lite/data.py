@@ -730,6 +730,10 @@ def unseen_windows(reference: torch.Tensor, num_classes: int, size: int = 4):
     0; a single wrong pixel makes up to ``size^2`` unseen windows. The reference's windows are
     indexed once, so judging many sets of samples against the same training maps is cheap.
     ``num_classes ** (size * size)`` must fit in 63 bits (the windows are coded as integers).
+
+    ``share.where(maps)`` says which windows are unseen: a BoolTensor ``[n, height - size + 1,
+    width - size + 1]``, entry ``[i, y, x]`` for the window whose top-left pixel is ``(y, x)``
+    (notebook 05 marks them on the samples).
     """
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
@@ -749,13 +753,18 @@ def unseen_windows(reference: torch.Tensor, num_classes: int, size: int = 4):
     seen = np.unique(np.concatenate([np.unique(_window_codes(part, num_classes, size))
                                      for part in reference.split(1000)]))
 
-    def share(maps: torch.Tensor) -> torch.Tensor:
+    def where(maps: torch.Tensor) -> torch.Tensor:
         maps = _check_maps(maps, height, width).cpu()
         if maps.numel() and (maps.min() < 0 or maps.max() >= num_classes):
             raise ValueError(f"maps hold class ids outside 0..{num_classes - 1}")
         codes = _window_codes(maps, num_classes, size)
-        return torch.from_numpy(~np.isin(codes, seen, assume_unique=False)).float().mean(1)
+        unseen = torch.from_numpy(~np.isin(codes, seen, assume_unique=False))
+        return unseen.reshape(len(maps), height - size + 1, width - size + 1)
 
+    def share(maps: torch.Tensor) -> torch.Tensor:
+        return where(maps).flatten(1).float().mean(1)
+
+    share.where = where
     return share
 
 

@@ -3,6 +3,7 @@ every log-determinant, and, for a fresh flow (whose density is a logit-normal pe
 form with scipy), numerical integrals for the bounds and the exact cell probabilities log P(x)."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -242,6 +243,26 @@ def test_a_few_steps_reduce_the_loss_and_are_reproducible():
         after = evaluate_flow(model, maps, k=1)["bpd"]
         assert history["steps"] == 40 and runs[0] == runs[1]
         assert after < before - 0.3, (kind, before, after)
+
+
+def test_on_log_sees_every_log_step_its_time_is_not_charged_and_it_can_stop():
+    maps = torch.randint(0, 3, (16, 4, 4), generator=torch.Generator().manual_seed(0))
+    model, calls = tiny("ordinal", K=3), []
+
+    def on_log(step, seconds, flow):
+        assert flow is model and flow.training
+        calls.append((step, seconds))
+        flow.eval()          # fit_flow puts the flow back in training mode
+        time.sleep(0.2)      # not charged to the budget
+        return step == 20
+
+    history = fit_flow(model, maps, steps=50, batch_size=4, progress=False, on_log=on_log, log_every=5)
+    assert [c[0] for c in calls] == [5, 10, 15, 20] and history["steps"] == 20
+    assert history["seconds"] < 0.2 * len(calls)
+    with pytest.raises(TypeError):
+        fit_flow(model, maps, steps=1, on_log="not callable", progress=False)
+    with pytest.raises(ValueError):
+        fit_flow(model, maps, steps=1, log_every=0, progress=False)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -60,6 +60,23 @@ def test_likelihood_reuses_flow_rows_and_refuses_other_settings(tmp_path):
                          "--seed", "1", "--json", str(tmp_path / "c.json"), "--flows-from", str(tmp_path / "a.json")])
 
 
+def test_likelihood_curve_scores_each_toy_model_during_and_after_training(tmp_path):
+    likelihood = load("likelihood")
+    result = likelihood.main(["--fast", "--quiet", "--device", "cpu", "--digits-minutes", "0", "--kinds", "ordinal",
+                              "--no-permutation", "--fast-steps", "25", "--curve", "0.00001", "--json",
+                              str(tmp_path / "c.json")])
+    for row in result["rows"]:
+        points = row["curve"]
+        # one point when training passed the curve's minute (at a log step, every 10 steps), one at the end
+        assert [p["steps"] for p in points] == [10, 25], row["kind"]
+        assert points[0]["minutes"] < points[1]["minutes"] <= row["train_seconds"] / 60 + 1e-9
+        assert all(p["bpd"] > 0 and p["stderr"] > 0 and p["bound"] for p in points)
+    with pytest.raises(SystemExit):
+        likelihood.main(["--fast", "--quiet", "--curve", "1,x", "--json", str(tmp_path / "d.json")])
+    with pytest.raises(SystemExit):
+        likelihood.main(["--fast", "--quiet", "--curve", "0", "--json", str(tmp_path / "d.json")])
+
+
 def test_oracle_against_a_checkpoint_on_the_same_maps(tmp_path):
     from mdiff_lite.cli import main as cli
 

@@ -415,9 +415,13 @@ def test_unseen_windows_against_a_plain_set_of_windows():
             for m in reference for y in range(6 - size + 1) for x in range(7 - size + 1)}
     expected = torch.tensor([sum(tuple(m[y:y + size, x:x + size].flatten().tolist()) not in seen
                                  for y in range(6 - size + 1) for x in range(7 - size + 1)) / 20 for m in maps])
-    got = unseen_windows(reference, 3, size)(maps)
+    share = unseen_windows(reference, 3, size)
+    got = share(maps)
     torch.testing.assert_close(got, expected.float())
     assert (got[:2] == 0).all() and (got[2:] > 0).any()
+    where = torch.tensor([[[tuple(m[y:y + size, x:x + size].flatten().tolist()) not in seen
+                            for x in range(7 - size + 1)] for y in range(6 - size + 1)] for m in maps])
+    assert torch.equal(share.where(maps), where)
 
 
 def test_unseen_windows_refuses_what_it_cannot_judge():
