@@ -29,6 +29,12 @@ figure is built (the curves are drawn against ``t / T``, so no update changes an
 its single ``image/png`` output, which a browser shows as an ``<img>`` that changes with every
 update. ``benchmarks/widget_latency.py`` measures it.
 
+**Static view.** Displayed, an explorer's bundle carries its current PNG as ``image/png`` beside
+ipywidgets' ``text/plain`` and ``application/vnd.jupyter.widget-view+json``. A live frontend
+prefers the widget view (JupyterLab ranks it above images), so a reader with a kernel gets the
+controls; a notebook executed without a frontend (nbclient, ``make notebooks``) and read on
+GitHub or nbviewer keeps the picture as it was when the cell displayed it.
+
 Needs ``ipywidgets`` (the ``lab`` extra). Taught in notebook 04.
 """
 
@@ -150,6 +156,7 @@ class _Canvas:
         self.figure = Figure(figsize=figsize, dpi=dpi)
         self._agg = FigureCanvasAgg(self.figure)
         self._animated = []
+        self._on_top = []
         self._background = None
 
     def animate(self, *artists):
@@ -157,15 +164,24 @@ class _Canvas:
             artist.set_animated(True)   # left out of full draws, drawn by render() on top
             self._animated.append(artist)
 
+    def keep_on_top(self, *artists):
+        """Static artists (legends) that the animated ones must not cross out: their patch of the
+        background is pasted back over them, which costs no text rendering."""
+        self._on_top.extend(artists)
+
     def render(self) -> bytes:
         """The first time a full draw, whose background is kept; then only the animated artists."""
         if self._background is None:
             self._agg.draw()
             self._background = self._agg.copy_from_bbox(self.figure.bbox)
+            renderer = self._agg.get_renderer()
+            self._top_patches = [self._agg.copy_from_bbox(a.get_window_extent(renderer)) for a in self._on_top]
         else:
             self._agg.restore_region(self._background)
         for artist in self._animated:
             artist.axes.draw_artist(artist)
+        for patch in self._top_patches:
+            self._agg.restore_region(patch)
         # Animated texts should avoid mathtext: parsing a new string costs ~15 ms, a plain one ~1 ms.
         # Pillow at a low compression level: ~5 ms where savefig would redraw everything.
         rgba = Image.frombuffer("RGBA", self._agg.get_width_height(), self._agg.buffer_rgba(), "raw", "RGBA", 0, 1)
@@ -223,12 +239,23 @@ def _parameter_slider(name: str, value: float):
     return widgets.FloatSlider(min=low, max=high, step=0.001, **common)
 
 
+class _StaticView:
+    """Mixed into a widget with a ``png`` attribute: its display bundle also holds that PNG, the
+    picture a renderer without widgets shows (see "Static view" above)."""
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:   # None: a widget without a view, which displays nothing
+            bundle["image/png"] = base64.b64encode(self.png).decode("ascii")
+        return bundle
+
+
 # ---------------------------------------------------------------------------------------------
 # The noise explorer.
 # ---------------------------------------------------------------------------------------------
 
 
-class NoiseExplorer(widgets.VBox):
+class NoiseExplorer(_StaticView, widgets.VBox):
     """A map and its coupled ``x_t``, with the schedule's curves; build with :func:`noise_explorer`.
 
     Controls (ipywidgets): ``schedule_dropdown`` (description ``"schedule"``), ``T_slider``
@@ -311,7 +338,8 @@ class NoiseExplorer(widgets.VBox):
         lines["survival"], = ax_p.plot([], [], color="C1", lw=1.2, label="P(xₜ = x₀)")
         lines["unchanged"], = ax_p.plot([], [], color="k", lw=0.8, ls=":", label="this map")
         ax_p.set_ylim(-0.02, 1.02)
-        ax_p.legend(fontsize=7, frameon=False, loc="upper right")
+        # Lower left, where the curves of the cosine schedules never come; the others' run under it.
+        legend = ax_p.legend(fontsize=7, loc="lower left", framealpha=1, edgecolor="0.85", borderpad=0.3)
         ax_p.set_title("survival probability", fontsize=8)
         lines["beta"], = ax_b.plot([], [], color="C2", lw=1.2)
         ax_b.set_yscale("log")
@@ -339,6 +367,7 @@ class NoiseExplorer(widgets.VBox):
         # Only these change without a change of axes. Text in the figure is costly to redraw
         # (~5-10 ms a line), so the values at t go to an HTML readout instead.
         self._canvas.animate(self.image, ax_t.title, *lines.values(), *self._markers, *self._dots.values())
+        self._canvas.keep_on_top(legend)
 
     # -- recompute -------------------------------------------------------------------------------
 
@@ -466,7 +495,7 @@ def noise_explorer(dataset="toyseg", index: int = 0, schedule: str = "hoogeboom-
 # ---------------------------------------------------------------------------------------------
 
 
-class PosteriorExplorer(widgets.VBox):
+class PosteriorExplorer(_StaticView, widgets.VBox):
     """A bar chart of ``q(x_{t-1} | x_t, x_0)`` (eq. 13); build with :func:`posterior_explorer`.
 
     Controls: ``x0_dropdown`` (description ``"x_0"``) and ``xt_dropdown`` (``"x_t"``), whose values

@@ -2,13 +2,18 @@
 eq. 12, the explorers' data and pictures against independent computations."""
 
 import base64
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
+from PIL import Image
 
 pytest.importorskip("ipywidgets")
+
+from IPython.core.formatters import DisplayFormatter  # noqa: E402
 
 from mdiff_lite import make_schedule, q_marginal  # noqa: E402
 from mdiff_lite.data import ToySegmentation  # noqa: E402
@@ -32,6 +37,35 @@ def shown_png(widget) -> bytes:
     """The PNG the Output widget holds: what a browser displays."""
     (output,) = widget.output.outputs
     return base64.b64decode(output["data"]["image/png"])
+
+
+def displayed(widget) -> dict:
+    """The bundle IPython sends when a cell ends with ``widget``: what a notebook file keeps."""
+    data, _ = DisplayFormatter().format(widget)
+    return data
+
+
+def static_view(widget) -> np.ndarray:
+    """The displayed bundle's PNG, decoded: what GitHub or nbviewer shows for the cell."""
+    with Image.open(io.BytesIO(base64.b64decode(displayed(widget)["image/png"]))) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def pixels(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def map_in_picture(explorer, rgb: np.ndarray) -> np.ndarray:
+    """The classes the noise explorer's x_t panel shows in the picture ``rgb``: the colour at each
+    map cell's centre (found through the axes' transform), matched to the nearest class colour."""
+    H, W = explorer.x_t.shape
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    x, y = explorer.image.axes.transData.transform(np.c_[cols.ravel(), rows.ravel()]).T
+    seen = rgb[np.floor(rgb.shape[0] - y).astype(int), np.floor(x).astype(int)].astype(float)
+    colours = np.array([to_rgb(c) for c in explorer.dataset.colors]) * 255
+    return ((seen[:, None, :] - colours[None]) ** 2).sum(-1).argmin(1).reshape(H, W)
 
 
 # -- coupled noise ----------------------------------------------------------------------------
@@ -151,6 +185,21 @@ def test_curves_follow_the_schedule(explorer):
     np.testing.assert_allclose(xdata, np.arange(s.T + 1) / s.T)
 
 
+def test_curves_and_marker_pass_under_the_legend(toy_map):
+    """Under `constant` the curves cross the legend's corner, and so does the marker of t: the
+    legend's box in the picture stays as it is, whatever t."""
+    explorer = noise_explorer("toyseg", x0=toy_map, schedule="constant", T=1000, t=20)
+    box = explorer.lines["alpha_bar"].axes.get_legend().get_window_extent()
+    height = explorer.figure.canvas.get_width_height()[1]
+    inside = (slice(math.ceil(height - box.y1), math.floor(height - box.y0)),
+              slice(math.ceil(box.x0), math.floor(box.x1)))
+    first = pixels(explorer.png)
+    explorer.t_slider.value = 250
+    later = pixels(explorer.png)
+    assert not np.array_equal(later, first)
+    np.testing.assert_array_equal(later[inside], first[inside])
+
+
 def test_schedule_dropdown_changes_curves_controls_and_picture(toy_map):
     explorer = noise_explorer("toyseg", x0=toy_map, T=1000, t=300)
     assert set(explorer.param_sliders) == {"s", "min_alpha"}
@@ -213,6 +262,40 @@ def test_bad_input_raises():
         posterior_explorer("toyseg", x0_class=8)
     with pytest.raises(ValueError, match="t"):
         posterior_explorer("toyseg", T=10, t=0)
+
+
+# -- the static view ---------------------------------------------------------------------------
+
+
+def test_display_bundle_holds_the_live_widget_and_its_picture(toy_map):
+    explorer = noise_explorer("toyseg", x0=toy_map, T=1000, t=100)
+    bundle = displayed(explorer)
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.model_id
+    assert "text/plain" in bundle
+    width, height = explorer.figure.canvas.get_width_height()
+    first = static_view(explorer)
+    assert first.shape == (height, width, 3)
+    np.testing.assert_array_equal(first, pixels(shown_png(explorer)))
+    np.testing.assert_array_equal(map_in_picture(explorer, first), explorer.x_t.numpy())
+    # After a move of t the bundle shows the new state, not the one first displayed.
+    explorer.t_slider.value = 900
+    later = static_view(explorer)
+    assert not np.array_equal(later, first)
+    np.testing.assert_array_equal(later, pixels(shown_png(explorer)))
+    np.testing.assert_array_equal(map_in_picture(explorer, later), explorer.x_t.numpy())
+    assert displayed(explorer)["image/png"] == base64.b64encode(explorer.png).decode("ascii")
+
+
+def test_posterior_display_bundle_follows_its_controls():
+    explorer = posterior_explorer("toyseg", T=200, x0_class=0, xt_class=1, t=2)
+    bundle = displayed(explorer)
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.model_id
+    first = static_view(explorer)
+    np.testing.assert_array_equal(first, pixels(shown_png(explorer)))
+    explorer.t_slider.value = 150
+    later = static_view(explorer)
+    assert not np.array_equal(later, first)
+    np.testing.assert_array_equal(later, pixels(shown_png(explorer)))
 
 
 # -- the posterior explorer ------------------------------------------------------------------

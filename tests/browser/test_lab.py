@@ -1,5 +1,6 @@
 """The course in a real browser: every notebook opens from its jupytext .py as a notebook in
 JupyterLab, runs top to bottom without an error, saves without changing anything but its outputs,
+the explorers show as live widgets (their static pictures are for renderers without widgets),
 and the noise explorer answers its controls.
 
     make test                                  # runs these when /usr/bin/chromium is installed
@@ -20,6 +21,7 @@ import pytest
 pytestmark = pytest.mark.browser  # the notebooks to run come from conftest.py (`notebook`)
 
 EXPLORER = "04_noise_explorer"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 RUN_TIMEOUT_MS = 480_000  # one notebook in smoke mode, on one core
 
 # The open document for a path, whichever kind of widget shows it.
@@ -115,6 +117,7 @@ def test_notebook_opens_and_runs_in_the_lab(notebook: Path, lab, page, screensho
         f"saving changed more than the outputs of {ipynb.name}"
     if notebook.stem == EXPLORER:
         check_explorer(page, screenshots)
+        check_static_views(page, cells)
 
 
 def test_contents_api_round_trip_rewrites_no_byte(notebook: Path, lab):
@@ -194,3 +197,21 @@ def check_explorer(page, screenshots: Path) -> None:
     tracebacks = cell.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
                               has_text="Traceback")
     assert tracebacks.count() == 0, f"the explorer raised: {tracebacks.first.inner_text()[-2000:]}"
+
+
+def check_static_views(page, cells: list[dict]) -> None:
+    """Both explorers send their picture as image/png beside the widget view (for GitHub and
+    nbviewer), and the lab renders the widget view, not that picture: the cell's one output (not
+    counting those of the Output widget inside the explorer) holds the controls, and is no image
+    (JupyterLab's image renderer marks its node with data-mime-type; the widget renderer does not)."""
+    bundles = [o["data"] for c in cells for o in c["outputs"] if WIDGET_VIEW in o.get("data", {})]
+    assert len(bundles) == 2, f"two explorers displayed expected, found {len(bundles)}"
+    assert all("image/png" in b for b in bundles), "an explorer's output has no image/png static view"
+    for label in ("t", "step t"):
+        slider = _labelled(page, "widget-slider", label)
+        assert slider.count() == 1, f"one slider with description {label!r} expected, found {slider.count()}"
+        cell = page.locator(".jp-Cell").filter(has=slider)
+        shown = cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output")
+        kinds = [shown.nth(i).get_attribute("data-mime-type") for i in range(shown.count())]
+        assert len(kinds) == 1 and shown.filter(has=slider).count() == 1 and "image/png" not in kinds, \
+            f"the explorer with slider {label!r} shows {len(kinds)} outputs ({kinds}), not just the live widget"
