@@ -21,14 +21,17 @@
 # noisy $x_t$ and the clean $x_0$ are known (eq. 13 of Hoogeboom et al., 2021). You will:
 #
 # 1. derive eq. 13 from Bayes' rule and the Markov property, including the step that confuses
-#    readers of the official code (a likelihood in which $x_t$ takes the place of $x_{t-1}$);
+#    readers of the official code (a likelihood in which $x_t$ takes the place of $x_{t-1}$), and
+#    draw its two factors and their product as bars;
 # 2. verify it by enumerating every case, and by simulation;
 # 3. see why the step needs a *symmetric* transition matrix, with a counterexample;
 # 4. plug a predicted $\hat x_0$ into it (eq. 14, the model's reverse step) and see why that always
 #    gives valid probabilities, and what $\hat x_0$ really does there;
-# 5. (optional) jump back several steps at once with the skip posterior $q(x_s \mid x_t, x_0)$.
+# 5. (optional) jump back several steps at once with the skip posterior $q(x_s \mid x_t, x_0)$;
+# 6. in the exercises, compute a posterior by hand, find the $\hat x_0$ of a perfect model, and
+#    work out the posterior of absorbing ("mask") noise.
 #
-# **Time:** about 25 minutes of reading; the code runs in a few seconds.
+# **Time:** the code runs in well under a minute on 2 CPU cores. How many minutes the reading and the exercises take has not been measured: no reader has been timed yet.
 
 # %% tags=["parameters"]
 import os
@@ -86,6 +89,49 @@ F64 = torch.float64
 #
 # The first bracket is the **likelihood** of the observation $x_t$ for each candidate $x_{t-1}$, the
 # second the **prior** over $x_{t-1}$ given $x_0$; $\odot$ multiplies entry by entry.
+#
+# Here are the two brackets and their normalised product as bars, for $K = 6$, $x_0$ = class 1,
+# $x_t$ = class 4, at step 6 of a 10-step schedule. The likelihood has its spike at $x_t$ (most
+# likely the class was kept at step $t$), the prior at $x_0$ (most likely it survived the first
+# $t - 1$ steps). Their product keeps both spikes, each multiplied by the other factor's floor, so
+# the posterior hesitates between "still $x_0$ at $t - 1$, resampled into $x_t$ at step $t$" and
+# "already $x_t$ at $t - 1$, kept at step $t$"; every other class gets floor times floor. The sum
+# of the product, the normaliser, is $q(x_t \mid x_0)$ (eq. 12).
+
+# %%
+K = 6
+schedule = make_schedule("hoogeboom-cosine", 10)
+t, x0_class, x_t_class = 6, 1, 4
+alpha, abar_prev = schedule.alphas[t].item(), schedule.alpha_bars[t - 1].item()
+x_t, x0 = one_hot(torch.tensor(x_t_class), K, F64), one_hot(torch.tensor(x0_class), K, F64)
+# Both brackets are vectors over the candidates j for x_{t-1}:
+likelihood = alpha * x_t + (1 - alpha) / K          # entry j: q(x_t | x_{t-1} = j) = alpha [j = x_t] + (1 - alpha)/K
+prior = abar_prev * x0 + (1 - abar_prev) / K        # entry j: q(x_{t-1} = j | x_0), eq. 12 at t - 1
+normaliser = (likelihood * prior).sum()
+posterior = likelihood * prior / normaliser          # eq. 13
+torch.testing.assert_close(posterior, q_posterior(x_t, x0, t, schedule))
+torch.testing.assert_close(normaliser, q_marginal(x0, t, schedule)[x_t_class])
+
+colors = ["C0" if k == x0_class else "C1" if k == x_t_class else "0.6" for k in range(K)]
+ticks = [f"{k}" + ("\n$= x_0$" if k == x0_class else "\n$= x_t$" if k == x_t_class else "") for k in range(K)]
+panels = [(likelihood, rf"$q(x_t = {x_t_class} \mid x_{{t-1}})$",
+           rf"likelihood: $\alpha_t = {alpha:.3f}$ at $x_t$, plus $(1 - \alpha_t)/K$"),
+          (prior, rf"$q(x_{{t-1}} \mid x_0 = {x0_class})$",
+           rf"prior: $\bar\alpha_{{t-1}} = {abar_prev:.3f}$ at $x_0$, plus $(1 - \bar\alpha_{{t-1}})/K$"),
+          (posterior, r"$q(x_{t-1} \mid x_t, x_0)$",
+           rf"posterior: product / {normaliser:.4f}  ($= q(x_t \mid x_0)$)")]
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained", sharey=True)
+for ax, (values, ylabel, title) in zip(axes, panels):
+    ax.bar(range(K), values, color=colors)
+    ax.set_xticks(range(K), ticks)
+    ax.set_xlabel(r"$x_{t-1}$ (class)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="y", labelleft=True)
+fig.suptitle(f"eq. 13 as likelihood × prior: K = {K}, t = {t} of a {schedule.T}-step hoogeboom-cosine schedule",
+             fontsize=11)
+plt.show()
+print("posterior:", posterior.numpy().round(4))
 
 # %% [markdown]
 # ## Verifying eq. 13 by enumeration
@@ -179,13 +225,25 @@ assert not torch.allclose(row / row.sum(), by_enumeration)
 #
 # Fix $x_0$ and look at $\theta_\text{post}$ across all $t$ of a 1000-step schedule. Two cases:
 #
-# - $x_t = x_0$: the class is most likely untouched, so $x_{t-1} = x_0$ with high probability
-#   (until the last few steps, where $\bar\alpha_{t-1}$ is near 0 and $\beta_t$ near 1, so that
-#   neither bracket says much).
+# - $x_t = x_0$: the class is most likely untouched, so $x_{t-1} = x_0$ with probability near 1 for
+#   almost all of the schedule.
 # - $x_t \ne x_0$: the class was resampled at some step up to $t$. Was it first resampled at step
 #   $t$ (then $x_{t-1} = x_0$), or earlier (then most likely $x_{t-1} = x_t$)? At $t = 1$ it can only have
 #   been step 1, so $x_0 = x_{t-1}$ for certain: $q(x_0 \mid x_1, x_0)$ is $x_0$ itself, since
-#   $\bar\alpha_0 = 1$ makes the prior bracket one-hot.
+#   $\bar\alpha_0 = 1$ makes the prior bracket one-hot. After that, step $t$ competes with all the
+#   steps before it: the odds of $x_{t-1} = x_0$ against $x_{t-1} = x_t$ are about
+#   $\bar\alpha_{t-1}\beta_t$ (first resampled at step $t$) to $1 - \bar\alpha_{t-1}$ (resampled
+#   earlier), so the probability of $x_{t-1} = x_0$ falls to 0.53 at $t = 2$, 0.13 at $t = 10$ and
+#   0.02 at $t = 100$.
+#
+# Both cases then change slowly for hundreds of steps, until the posterior collapses in the last
+# twenty or so: $\bar\alpha_{t-1}$ reaches 0 (the prior bracket goes flat) and $\beta_t$ climbs to 1
+# (the likelihood bracket goes flat; $\beta_T = 0.97$, from the clip at $\alpha_T = \sqrt{0.001}$).
+# At $t = T$ the posterior is within 0.03 of uniform whatever $x_t$ and $x_0$ are: neither $x_T$ nor
+# $x_0$ says much about $x_{T-1}$, and when $x_t \ne x_0$, the class $x_0$ ends no likelier than any
+# third class (the two curves meet). A log $t$ axis spreads out the first steps but squeezes the
+# last hundred into a sliver at its right edge, so each case gets two panels: log $t$ over the whole
+# schedule, and a linear $t$ axis over the last 40 steps.
 #
 # `q_posterior` accepts a tensor of times and broadcasts: one call gives the whole curve.
 
@@ -194,19 +252,32 @@ schedule = make_schedule("hoogeboom-cosine", 1000)
 K8 = 8
 x0 = one_hot(torch.tensor(0), K8, F64)
 ts = torch.arange(1, schedule.T + 1)
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained", sharey=True)
-for ax, i in zip(axes, (0, 1)):
+last = ts > schedule.T - 40
+fig, axes = plt.subplots(2, 2, figsize=(10, 6.2), layout="constrained", sharey=True, width_ratios=(3, 2))
+for row, i in zip(axes, (0, 1)):
     post = q_posterior(one_hot(torch.tensor(i), K8, F64), x0, ts, schedule)  # [T, K8]
-    ax.semilogx(ts, post[:, 0], color="C0", label=r"$x_{t-1} = x_0$")
-    if i != 0:
-        ax.semilogx(ts, post[:, i], color="C1", label=r"$x_{t-1} = x_t$")
-    ax.semilogx(ts, post[:, 2], color="C2", label=r"$x_{t-1}$ = a given third class")
-    ax.set_xlabel("step t (log scale)")
-    ax.set_title(f"$x_0$ = class 0, $x_t$ = class {i} (K = {K8}, hoogeboom-cosine)", fontsize=10)
-    ax.legend(fontsize=8)
-axes[0].set_ylabel(r"$q(x_{t-1} \mid x_t, x_0)$")
+    lines = [(0, "C0", "-", r"$x_{t-1} = x_0$")] + ([(i, "C1", "-", r"$x_{t-1} = x_t$")] if i != 0 else []) \
+        + [(2, "C2", "--", r"$x_{t-1}$ = a given third class")]  # dashed: near T it lies on x_0's curve
+    for k, color, ls, label in lines:
+        row[0].semilogx(ts, post[:, k], color=color, ls=ls)
+        row[1].plot(ts[last], post[last, k], ".", ls=ls, ms=4, color=color, label=label)
+    row[0].set_title(f"$x_0$ = class 0, $x_t$ = class {i}: all steps (log t)", fontsize=10)
+    row[1].set_title(f"the same, last {int(last.sum())} steps (linear t)", fontsize=10)
+    row[1].axhline(1 / K8, color="0.6", lw=0.8, ls=":")
+    row[1].text(ts[last][0], 1 / K8 + 0.03, "1/K", color="0.4", fontsize=8)
+    row[0].set_ylabel(r"$q(x_{t-1} \mid x_t, x_0)$")
+    row[1].legend(fontsize=8, loc="center left")
+for ax in axes[1]:
+    ax.set_xlabel("step t")
+fig.suptitle(f"the posterior of eq. 13 against t (K = {K8}, hoogeboom-cosine, T = {schedule.T})", fontsize=11)
 plt.show()
 torch.testing.assert_close(q_posterior(one_hot(torch.tensor(1), K8, F64), x0, 1, schedule), x0)
+early = torch.arange(2, 101)
+odds = schedule.alpha_bars[early - 1] * schedule.betas[early] / schedule.one_minus_alpha_bars[early - 1]
+post = q_posterior(one_hot(torch.tensor(1), K8, F64), x0, early, schedule)[:, 0]
+assert (post - odds / (1 + odds)).abs().max() < 1e-3  # the odds above, for t <= 100
+for i in range(K8):  # at t = T, within 0.03 of uniform for every x_t
+    assert (q_posterior(one_hot(torch.tensor(i), K8, F64), x0, schedule.T, schedule) - 1 / K8).abs().max() < 0.03
 
 # %% [markdown]
 # ## Eq. 14: the model's reverse step
@@ -348,19 +419,7 @@ print("q_posterior_skip == Bayes over Q_{s+1} ... Q_t for every s < t; s = t - 1
 #
 # **Exercise 1.** By hand: $K = 3$, $\alpha_t = 0.5$, $\bar\alpha_{t-1} = 0.5$, $x_0$ is class 0 and
 # $x_t$ is class 1. What is the probability that $x_{t-1}$ was class 0?
-
-# %%
-answer_1 = None  # your answer here, a number
-
-# %%
-if answer_1 is None:
-    print("fill in answer_1")
-else:
-    s = make_schedule("constant", 2, beta=0.5)  # alpha_2 = 0.5 and alpha_bar_1 = 0.5
-    truth = q_posterior(torch.eye(3, dtype=F64)[1], torch.eye(3, dtype=F64)[0], 2, s)[0].item()
-    print("correct" if abs(answer_1 - truth) < 1e-3 else "not yet")
-
-# %% [markdown]
+#
 # **Exercise 2.** A one-pixel world: $x_0$ is drawn from a known distribution
 # $p_\text{data} = (0.6, 0.3, 0.1)$ over $K = 3$ classes. The *true* reverse step
 # $q(x_{t-1} \mid x_t)$ (with $x_0$ unknown, averaged over $p_\text{data}$) is what a perfect model
@@ -368,19 +427,86 @@ else:
 # eq. 14 equal to it for every $x_t$ and every $t \ge 2$? Hint: redo the derivation of eq. 13 without
 # conditioning on $x_0$. Set `answer_2` to a function `(x_t, t) -> x0_hat`, e.g. `lambda x_t, t: x_t`
 # (that one is wrong).
+#
+# **Exercise 3.** Absorbing ("mask") noise, the kind D3PM and MDLM use for text: each step turns a
+# token into a mask class $m$ with probability $\beta_t$, and $m$ stays $m$. It is the counterexample's
+# kernel with $m = e_m$, a one-hot resampling distribution. Take $K = 4$ with class 3 the mask,
+# $\alpha_t = 0.8$, $\bar\alpha_{t-1} = 0.5$, $x_0$ = class 0, and observe $x_t = m$. What is the
+# probability that the token was still unmasked at $t - 1$, $q(x_{t-1} = x_0 \mid x_t = m, x_0)$?
 
 # %%
-answer_2 = None  # your answer here: a function (x_t one-hot [3] float64, t int) -> x0_hat [3]
+answer_1 = None  # a probability
+answer_2 = None  # a function (x_t one-hot [3] float64, t int) -> x0_hat [3]
+answer_3 = None  # a probability
 
 # %%
-if answer_2 is None:
-    print("fill in answer_2")
-else:
+from mdiff_lite.exercises import check
+
+s1 = make_schedule("constant", 2, beta=0.5)  # alpha_2 = 0.5 and alpha_bar_1 = 0.5
+I3 = torch.eye(3, dtype=F64)
+check("exercise 1", answer_1, q_posterior(I3[1], I3[0], 2, s1)[0].item(), tol=1e-3)
+
+
+def is_perfect(x0_hat_of):
+    """Eq. 14 with x0_hat_of(x_t, t) against Bayes with x_0 summed out, for every x_t and t >= 2."""
     s, p_data = make_schedule("linear", 6, beta_start=0.1, beta_end=0.5), torch.tensor([0.6, 0.3, 0.1], dtype=F64)
-    I3, ok = torch.eye(3, dtype=F64), True
     for t in range(2, s.T + 1):
         for i in range(3):
-            # Bayes with x_0 summed out: q(x_{t-1} = j, x_t = i) = [sum_c p_data(c) q(x_{t-1} = j | c)] q(x_t = i | j)
+            # q(x_{t-1} = j, x_t = i) = [sum_c p_data(c) q(x_{t-1} = j | c)] q(x_t = i | j)
             joint = (p_data @ q_marginal(I3, t - 1, s)) * q_step(I3, t, s)[:, i]
-            ok &= torch.allclose(q_posterior(I3[i], answer_2(I3[i], t), t, s), joint / joint.sum())
-    print("correct" if ok else "not yet")
+            try:
+                model = q_posterior(I3[i], x0_hat_of(I3[i], t), t, s)
+            except (TypeError, ValueError) as err:
+                return f"eq. 14 refuses that x0_hat: {err}"
+            if not torch.allclose(model, joint / joint.sum()):
+                return f"wrong at t = {t}, x_t = class {i}"
+    return True
+
+
+check("exercise 2", answer_2, ok=is_perfect)
+
+alpha_3, abar_3, mask = 0.8, 0.5, 3
+I4 = torch.eye(4, dtype=F64)
+to_mask = torch.ones(4, 1, dtype=F64) * I4[mask]                          # every row e_m: the counterexample with m = e_m
+Q_mask, Q_bar_mask = alpha_3 * I4 + (1 - alpha_3) * to_mask, abar_3 * I4 + (1 - abar_3) * to_mask
+joint = Q_bar_mask[0] * Q_mask[:, mask]                                   # q(x_{t-1} = j, x_t = m | x_0 = 0)
+check("exercise 3", answer_3, (joint / joint.sum())[0].item(), tol=1e-3);
+
+# %% [markdown]
+# <details><summary>Solution 1</summary>
+#
+# Likelihood bracket over $x_{t-1} = 0, 1, 2$: $\alpha_t [x_{t-1} = 1] + (1 - \alpha_t)/3 =
+# (\tfrac16, \tfrac23, \tfrac16)$. Prior bracket: $\bar\alpha_{t-1} [x_{t-1} = 0] + (1 - \bar\alpha_{t-1})/3
+# = (\tfrac23, \tfrac16, \tfrac16)$. Product: $(\tfrac19, \tfrac19, \tfrac1{36})$, which sums to
+# $\tfrac14$ (that is $q(x_t = 1 \mid x_0 = 0)$). So $q(x_{t-1} = 0 \mid x_t, x_0) = \tfrac19 / \tfrac14 =
+# \tfrac49 \approx 0.444$.
+#
+# </details>
+#
+# <details><summary>Solution 2</summary>
+#
+# Without $x_0$, Bayes gives $q(x_{t-1} \mid x_t) \propto q(x_t \mid x_{t-1})\, q(x_{t-1})$, and
+# $q(x_{t-1}) = \sum_c p_\text{data}(c)\, q(x_{t-1} \mid x_0 = c) = \bar\alpha_{t-1} p_\text{data} +
+# (1 - \bar\alpha_{t-1})/K$, because eq. 12 is affine in $x_0$. That is eq. 13's prior bracket with
+# $p_\text{data}$ in place of $x_0$: the perfect $\hat x_0$ is $p_\text{data}$, **whatever $x_t$ and
+# $t$ are**. The network need not look at its own pixel; the likelihood bracket already adds what
+# $x_t$ says (notebook 03 builds on this).
+#
+# ```python
+# answer_2 = lambda x_t, t: torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+# ```
+#
+# </details>
+#
+# <details><summary>Solution 3</summary>
+#
+# The kernel is not symmetric, so the likelihood is the column $x_t = m$ of $Q_t$: $q(x_t = m \mid
+# x_{t-1} = j) = 1 - \alpha_t = 0.2$ for an unmasked $j$ and $1$ for $j = m$. The prior is
+# $\bar\alpha_{t-1} e_{x_0} + (1 - \bar\alpha_{t-1}) e_m = (0.5, 0, 0, 0.5)$. Product: $0.1$ at
+# $x_0$, $0.5$ at $m$, sum $0.6$. So $q(x_{t-1} = x_0 \mid x_t = m, x_0) = 0.1/0.6 = \tfrac16 \approx
+# 0.167$, and the token was already masked at $t - 1$ with probability $\tfrac56$. In general it is
+# $(\bar\alpha_{t-1} - \bar\alpha_t)/(1 - \bar\alpha_t)$ with $\bar\alpha_t = \alpha_t \bar\alpha_{t-1}$.
+# Eq. 13's symmetric bracket $\alpha_t e_m + (1 - \alpha_t)/K$ would give $0.05 \cdot 0.5 / (0.05 \cdot 0.5 +
+# 0.85 \cdot 0.5) \approx 0.056$ instead.
+#
+# </details>

@@ -23,12 +23,32 @@
 # 1. derive the bound (eq. 3 of Hoogeboom et al., 2021) from Jensen's inequality, and split it into
 #    the posterior KLs of eq. 15, the decoder term of eq. 16 and a prior term;
 # 2. build a **one-pixel world** (3 classes, 6 steps) where $\log p(x_0)$ can be computed exactly by
-#    enumerating every path, and watch the bound hold and tighten as the denoiser improves;
+#    enumerating every path, and watch the bound hold for every denoiser and fall as the denoiser improves;
 # 3. turn the bound into a training loss (eq. 17) and see why importance sampling of $t$ helps;
 # 4. compare two decoders: eq. 16 with $\hat x_0$ as the paper writes it, and eq. 14 at $t = 1$ (the
 #    official code's, and the package's), and what the choice does to the reported number.
 #
-# **Time:** about 35 minutes of reading; the code runs in under a minute.
+# **Time:** the code runs in well under a minute on 2 CPU cores. How many minutes the reading and the exercises take has not been measured: no reader has been timed yet.
+#
+# ## The symbols of notebooks 03-06
+#
+# | symbol | what it is | where it comes from |
+# |---|---|---|
+# | $K$, $T$ | number of classes; number of diffusion steps | |
+# | $x_0$ | a data point: one class per pixel (one-hot vectors in the math, class ids in code) | |
+# | $x_t$, $t = 1..T$ | the data after $t$ steps of noise | eq. 11 |
+# | $\beta_t$, $\alpha_t = 1 - \beta_t$ | the chance that step $t$ resamples a pixel, and that it does not | eq. 11 |
+# | $\bar\alpha_t = \prod_{s \le t} \alpha_s$ | the chance that a pixel has never been resampled by step $t$ | eq. 12 |
+# | $q(x_t \mid x_{t-1})$, $q(x_t \mid x_0)$ | one forward step; the forward marginal | eqs. 11, 12 |
+# | $\theta_\text{post}(x_t, x_0)$ | the posterior $q(x_{t-1} \mid x_t, x_0)$, as a vector of $K$ probabilities | eq. 13 |
+# | $\hat x_0$ | the denoiser's prediction of $x_0$ from $(x_t, t)$: $K$ probabilities per pixel | eq. 14 |
+# | $p(x_{t-1} \mid x_t)$ | the model's reverse step, $\theta_\text{post}(x_t, \hat x_0)$; at $t = 1$ the **decoder** $p(x_0 \mid x_1)$ | eq. 14 |
+# | $\ell_t$ | the bound's term at one draw of $x_t \sim q(x_t \mid x_0)$: the KL of eq. 15 for $t \ge 2$, the decoder's $-\log p(x_0 \mid x_1)$ for $t = 1$ (eq. 16); a random number | eqs. 15, 16 |
+# | $L_t = \mathbb{E}_{q(x_t \mid x_0)}[\ell_t]$ | its expectation: a number for each $x_0$ and $t$ | |
+# | $L_\text{prior}$ | $\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T))$, no parameters | |
+# | $-(\text{eq. 3}) = \sum_{t=1}^T L_t + L_\text{prior}$ | the bound, in nats: $T + 1$ terms | eq. 3 |
+# | all-T estimate | $\sum_{t=1}^T \ell_t + L_\text{prior}$, every $\ell_t$ at one draw of $x_t$: an unbiased estimate of the bound | |
+# | bits per pixel | nats $/ (D \ln 2)$ with $D$ pixels (categorical dimensions, not one-hot entries) | |
 
 # %% tags=["parameters"]
 import os
@@ -98,8 +118,9 @@ LN2 = math.log(2)
 # - **the prior term** $\mathrm{KL}(q(x_T \mid x_0) \,\|\, \text{uniform})$ has no parameters; it is
 #   near 0 when $\bar\alpha_T \approx 0$.
 #
-# We write $L_1 = -\log p(x_0 \mid x_1)$ and $L_t$ ($t \ge 2$) for the expected eq. 15 KL at step
-# $t$, so $-(\text{eq. 3}) = \sum_{t=1}^T L_t + L_\text{prior}$, in nats.
+# In the table's notation: $\ell_1 = -\log p(x_0 \mid x_1)$ and $\ell_t$ ($t \ge 2$) the eq. 15 KL, at one
+# draw of $x_t$; $L_t$ is the expectation of $\ell_t$ over that draw, and
+# $-(\text{eq. 3}) = \sum_{t=1}^T L_t + L_\text{prior}$, in nats.
 
 # %% [markdown]
 # ### The three pieces by hand
@@ -246,7 +267,7 @@ print("standard error: " + "".join(f"{v:9.4f}" for v in stderr.tolist()))
 assert ((mean - expected).abs() <= 5 * stderr + 1e-9).all()
 
 # %% [markdown]
-# ## The bound tightens as the denoiser improves
+# ## The bound as the denoiser improves
 #
 # What is the *perfect* denoiser in this world? The best reverse step is the true one,
 # $q(x_{t-1} \mid x_t)$, with $x_0$ unknown. Redo notebook 02's derivation without conditioning on
@@ -289,7 +310,7 @@ ax.axhline(entropy_bits, color="0.4", ls="--", lw=1)
 ax.text(0.01, entropy_bits + 0.02, f"data entropy {entropy_bits:.3f} bits", color="0.3", fontsize=8)
 ax.set_xlabel(r"$\lambda$ (0: uniform $\hat x_0$, 1: perfect $\hat x_0$)")
 ax.set_ylabel("bits per pixel")
-ax.set_title(f"one pixel, K = {K}, T = {T}: the bound holds and tightens", fontsize=10)
+ax.set_title(f"one pixel, K = {K}, T = {T}: the bound holds for every denoiser", fontsize=10)
 ax.legend(fontsize=8)
 plt.show()
 print(f"lambda = 0: exact {exact_bits[0]:.3f} bits, bound {bound_bits[0]:.3f} bits")
@@ -299,38 +320,66 @@ print(f"lambda = 1: exact {exact_bits[-1]:.3f} bits, bound {bound_bits[-1]:.3f} 
 # %% [markdown]
 # Three things to read off the figure:
 #
-# - the bound is above the exact negative log-likelihood everywhere: eq. 3 is a lower bound on
+# - the bound is never below the exact negative log-likelihood: eq. 3 is a lower bound on
 #   $\log p(x_0)$, so its negative is an upper bound on the cost in bits;
-# - a uniform $\hat x_0$ is exactly the uniform model, $\log_2 3 = 1.585$ bits, and its bound is loose;
-# - both fall as $\lambda$ grows; at $\lambda = 1$ the model's exact cost is close to the data entropy,
+# - a uniform $\hat x_0$ is exactly the uniform model, $\log_2 3 = 1.585$ bits, and its bound is tight: the
+#   model is then the forward chain run backwards from uniformly random data, whose posterior over paths is
+#   the forward process itself;
+# - both fall as $\lambda$ grows, the gap between them opening in between; at $\lambda = 1$ the model's exact cost is close to the data entropy,
 #   and the bound sits above the entropy only by $\mathrm{KL}(q(x_T) \,\|\, \text{uniform})$, where $q(x_T)$
 #   is the data pushed through all $T$ steps; it is small here and vanishes when $\bar\alpha_T = 0$.
+#
+# Where does the bound spend its bits? Each term, exactly, for three denoisers of the family:
+
+# %%
+names = ["$L_1$"] + [f"$L_{t}$" for t in range(2, T + 1)] + ["$L_{prior}$"]
+fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+per_lambda = {}
+for i, lam in enumerate([0.0, 0.5, 1.0]):
+    per_term = per_lambda[lam] = p_data @ exact_terms(reverse_matrices((1 - lam) / K + lam * x0_hat_perfect)) / LN2
+    ax.bar(torch.arange(T + 1) + 0.27 * (i - 1), per_term, 0.27,
+           label=f"λ = {lam:g}: sum {per_term.sum():.3f} bits")
+ax.set_xticks(range(T + 1), names)
+ax.set(ylabel="bits (averaged over the data)", title="The terms of the bound, one pixel, exact")
+ax.legend(fontsize=8)
+gain = per_lambda[0.0] - per_lambda[1.0]
+print("what the perfect denoiser saves over the uniform one, per term (bits): "
+      + ", ".join(f"{n.strip('$')} {g:.3f}" for n, g in zip(names, gain.tolist())))
+
+# %% [markdown]
+# The prior term does not depend on the denoiser. Every other term falls as the denoiser improves, most in
+# the early and middle steps (the savings printed above), where $x_t$ still says much about $x_0$ and a good
+# $\hat x_0$ can sharpen what it says; at the last steps the true posterior is close to the likelihood bracket
+# alone and every $\hat x_0$ comes close to it. The decoder term $L_1$ is not small in this world: the
+# short schedule resamples a pixel with probability $\beta_1 = 0.05$ at the first step already, so $x_1$ is
+# often not $x_0$. (With the $T = 1000$ schedule of the later notebooks it is far smaller: "Two decoders" below.)
 
 # %% [markdown]
 # ## Training: eq. 17 and the choice of $t$
 #
 # Evaluating all $T$ terms for every example is expensive when $T = 1000$. Training instead draws one
 # $t$ per example and uses an unbiased estimate of the whole sum: with $t$ uniform on $1..T$,
-# $\mathbb{E}_t[T \cdot L_t] = \sum_t L_t$ (eq. 17). More generally, with any $p(t) > 0$,
+# $\mathbb{E}[T \cdot \ell_t] = \sum_t L_t$ (eq. 17), the expectation being over $t$ and the draw of $x_t$.
+# More generally, with any $p(t) > 0$, and $\mathbb{E}$ over the data $x_0$ and the draw of $x_t$ too,
 #
-# $$\mathbb{E}_{t \sim p}\Big[\frac{L_t}{p(t)}\Big] = \sum_t L_t, \qquad
-# \mathrm{Var} = \sum_t \frac{\mathbb{E}[L_t^2]}{p(t)} - \Big(\sum_t \mathbb{E}[L_t]\Big)^2 .$$
+# $$\mathbb{E}\Big[\frac{\ell_t}{p(t)}\Big] = \sum_t \mathbb{E}[\ell_t], \qquad
+# \mathrm{Var} = \sum_t \frac{\mathbb{E}[\ell_t^2]}{p(t)} - \Big(\sum_t \mathbb{E}[\ell_t]\Big)^2 .$$
 #
 # Minimising the variance over $p$ (a Lagrange multiplier for $\sum_t p(t) = 1$) gives
-# $p(t) \propto \sqrt{\mathbb{E}[L_t^2]}$: spend the samples where the terms are large. Nichol &
-# Dhariwal (2021, improved DDPM) estimate $\mathbb{E}[L_t^2]$ from the last 10 losses seen at each $t$
+# $p(t) \propto \sqrt{\mathbb{E}[\ell_t^2]}$: spend the samples where the terms are large. Nichol &
+# Dhariwal (2021, improved DDPM) estimate $\mathbb{E}[\ell_t^2]$ from the last 10 losses seen at each $t$
 # and sample uniformly until every $t$ has 10; `ImportanceTimeSampler` does the same. (The official
-# multinomial-diffusion code keeps an exponential moving average of $L_t^2$ instead and gives $t = 1$
+# multinomial-diffusion code keeps an exponential moving average of $\ell_t^2$ instead and gives $t = 1$
 # the weight of $t = 2$.) Here the optimum can be computed exactly.
 # We use a half-trained denoiser ($\lambda = 0.5$), whose $L_t$ differ a lot across $t$.
 #
-# Each $L_t$ is a random variable through $x_0$ and $x_t$; its two moments follow from the per-$x_t$
-# values, as in `exact_terms`.
+# Each $\ell_t$ is a random variable through $x_0$ and $x_t$; its two moments follow from its value at
+# each $(x_0, x_t)$, weighted by their joint probability, as in `exact_terms`.
 
 # %%
 x0_hat_half = 0.5 / K + 0.5 * x0_hat_perfect
 P = reverse_matrices(x0_hat_half)
-first, second = torch.zeros(T + 1, dtype=F64), torch.zeros(T + 1, dtype=F64)  # E[L_t], E[L_t^2], index t
+first, second = torch.zeros(T + 1, dtype=F64), torch.zeros(T + 1, dtype=F64)  # E[ell_t], E[ell_t^2], index t
 for t in range(1, T + 1):
     q_t = p_data[:, None] * q_marginal(I, t, schedule)                    # joint of (x_0, x_t)
     if t == 1:
@@ -346,20 +395,20 @@ p_best = second.sqrt() / second.sqrt().sum()                                    
 variance = {name: (second[1:] / p[1:]).sum().item() - first.sum().item() ** 2 for name, p in
             [("uniform", p_uniform), ("optimal", p_best)]}
 print("t:          " + "".join(f"{t:>8}" for t in range(1, T + 1)))
-print("E[L_t]:     " + "".join(f"{v:8.4f}" for v in first[1:].tolist()))
+print("E[ell_t]:   " + "".join(f"{v:8.4f}" for v in first[1:].tolist()))
 print("optimal p:  " + "".join(f"{v:8.4f}" for v in p_best[1:].tolist()))
 print(f"-(eq. 3) = {total:.4f} nats; one-sample standard deviation: uniform t {math.sqrt(variance['uniform']):.3f}, "
       f"optimal p(t) {math.sqrt(variance['optimal']):.3f} nats")
 
 # %% [markdown]
 # Now the package: `training_loss(denoiser, x0, schedule, t_sampler, reduction="none")` returns one
-# estimate $L_t / p(t) + L_\text{prior}$ per example. Both samplers are unbiased: the batch means agree
-# with the exact bound within their standard errors. But `ImportanceTimeSampler` knows $\mathbb{E}[L_t^2]$
+# estimate $\ell_t / p(t) + L_\text{prior}$ per example. Both samplers are unbiased: the batch means agree
+# with the exact bound within their standard errors. But `ImportanceTimeSampler` knows $\mathbb{E}[\ell_t^2]$
 # only from the last 10 losses it saw at each $t$, and here that misleads it about $t = 1$. The decoder
 # term is almost always tiny ($x_1 = x_0$ with probability $\bar\alpha_1 + (1 - \bar\alpha_1)/K \approx 0.97$,
 # and the decoder reads $x_1$ off) and rarely large (when $x_1$ was resampled to another class). Ten draws
 # usually miss the large values, so the warmed-up sampler gives $t = 1$ a fraction of its optimal
-# probability, and each rare large $L_1$ then counts $1/p(1)$ times. Compare the spreads:
+# probability, and each rare large $\ell_1$ then counts $1/p(1)$ times. Compare the spreads:
 
 # %%
 log_table = x0_hat_half.log()
@@ -388,11 +437,26 @@ for name, sampler in samplers.items():
 # across $t$ (near $t = T$, where $x_t$ is almost pure noise, the true posterior is almost the
 # likelihood bracket alone and any $\hat x_0$ matches it), and sampling in proportion to their size
 # makes the estimate, and its gradient, less noisy. Less noise in the loss is not the whole story for
-# training, though: on the toy maps, uniform $t$ trained as well in the same CPU budget (the README's
-# quality table, `benchmarks/quality.py --compare importance:2.5`), so `fit` draws $t$ uniformly by
-# default and takes `t_sampler="importance"` on request. The official code also
-# uses it to *report* the bound: one importance-sampled $t$ per example, averaged over 100 repetitions
-# of the test set, a Monte Carlo estimate. The package's evaluation computes all $T$ terms instead
+# training, though. On the toy maps a committed benchmark trained the same network twice for the same
+# 2.5 CPU minutes, once with uniform and once with importance-sampled $t$, and scored both on the same
+# 128 test maps:
+
+# %%
+import json
+from pathlib import Path
+
+rows = json.loads((Path("..") / "benchmarks" / "results" / "quality_cpu.json").read_text())["rows"]
+print("python benchmarks/quality.py --budgets 2.5,10 --compare importance:2.5,lr2e-3:2.5 --digits-budget 0 --eval-maps 128")
+print("(benchmarks/results/quality_cpu.json; the earlier fold-4 network of notebook 05, all-T estimates, ± one standard error)")
+for r in rows:
+    if r["budget_minutes"] == 2.5 and r["training"].startswith("lr 0.003"):
+        print(f"  {r['training']:<22} {r['steps']:>5} steps   {r['test_bpd']:.4f} ± {r['stderr']:.4f} bits per pixel")
+
+# %% [markdown]
+# Importance sampling did no better (a little worse, by about two standard errors), so `fit` draws uniform $t$
+# by default (stratified across the batch, notebook 05) and takes `t_sampler="importance"` on request. The
+# official code also uses it to *report* the bound: one importance-sampled $t$ per example, averaged over 100
+# repetitions of the test set, a Monte Carlo estimate. The package's evaluation computes all $T$ terms instead
 # (`vlb_terms`), each at one draw of $x_t$: the **all-T estimate**, which has no sampling noise from $t$
 # but is still an estimate (unbiased) of the bound, not the bound itself.
 
@@ -473,14 +537,14 @@ assert all(cost["posterior"] < 1e-3 for cost in costs.values())                 
 #   into a decoder term (eq. 16), one posterior KL per step (eq. 15) and a prior term. Its gap is the KL
 #   from the forward process to the model's posterior over paths.
 # - In a one-pixel world, $\log p(x_0)$ is a sum over $K^T$ paths, or a chain of $T$ matrix products;
-#   the bound held for every denoiser and tightened as the denoiser improved, reaching the data entropy
+#   the bound held for every denoiser and fell as the denoiser improved, reaching the data entropy
 #   plus $\mathrm{KL}(q(x_T) \,\|\, \text{uniform})$ at the perfect one.
 # - The perfect $\hat x_0$ is a prediction that leaves the pixel's own evidence to eq. 13. Decoding with
 #   eq. 14 at $t = 1$ (the official code's and the package's choice) keeps that meaning at $t = 1$ and
 #   makes $L_1$ almost free; eq. 16 with $\hat x_0$ itself wants the full, sharp posterior there. Both
 #   decoders give valid bounds, but different numbers.
 # - Training (eq. 17) draws one $t$ per example; $L_t / p(t)$ is unbiased for any $p(t) > 0$, and
-#   $p(t) \propto \sqrt{\mathbb{E}[L_t^2]}$ minimises its variance.
+#   $p(t) \propto \sqrt{\mathbb{E}[\ell_t^2]}$ minimises its variance.
 #
 # In the package: `categorical_kl` (eq. 15), `log_categorical` (eq. 16), `prior_kl`, `vlb_terms` (all
 # terms, for evaluation), `training_loss` (eq. 17), `UniformTimeSampler`, `ImportanceTimeSampler`.
@@ -490,35 +554,80 @@ assert all(cost["posterior"] < 1e-3 for cost in costs.values())                 
 # ## Exercises
 #
 # **Exercise 1.** In the one-pixel world above, the denoiser that outputs $\hat x_0 = p_\text{data}$ at
-# every $t$ is perfect with the package's decoder. How many bits per pixel does its bound cost on
-# average if the decoder is eq. 16 with $\hat x_0$ used as is? (Compute it with
-# `reverse_matrices(..., decoder="eq16")` and `exact_terms`.)
+# every $t$ is perfect with the package's decoder. How many bits does its bound cost on average if the
+# decoder is eq. 16 with $\hat x_0$ used as is? (Compute it with `reverse_matrices(..., decoder="eq16")` and
+# `exact_terms`.)
+#
+# **Exercise 2.** Which schedule would make the bound of the perfect denoiser equal the data entropy
+# exactly, in this one-pixel world, keeping $T = 6$? Set `answer_2` to a `Schedule` with `T = 6`; the check
+# computes the gap.
+#
+# **Exercise 3 (the one-pixel oracle for eq. 16).** With the eq. 16 decoder, which table `x0_hat[t, i]`
+# makes the bound as small as it can be, that is, the data entropy plus $\mathrm{KL}(q(x_T) \,\|\, \text{uniform})$
+# (`floor_bits` above)? Build it as a `[T + 1, K, K]` tensor (row `i` of `x0_hat[t]` is the $\hat x_0$ for
+# $x_t = i$); the check runs it through `reverse_matrices(..., decoder="eq16")`.
 
 # %%
-answer_1 = None  # your answer here, in bits
+answer_1 = None  # bits
+answer_2 = None  # a Schedule with T = 6
+answer_3 = None  # a [T + 1, K, K] table of x0_hat
 
 # %%
-if answer_1 is None:
-    print("fill in answer_1")
-else:
-    P_check = reverse_matrices(p_data.expand(T + 1, K, K), decoder="eq16")
-    truth = (p_data @ exact_terms(P_check).sum(1)).item() / LN2
-    print("correct" if abs(answer_1 - truth) < 1e-3 else "not yet")
+from mdiff_lite.exercises import check
+
+P_check = reverse_matrices(p_data.expand(T + 1, K, K), decoder="eq16")
+check("exercise 1", answer_1, (p_data @ exact_terms(P_check).sum(1)).item() / LN2, tol=1e-3)
+
+
+def gap_is_zero(schedule_6):
+    if getattr(schedule_6, "T", None) != 6:
+        return f"keep T = 6 (this has T = {getattr(schedule_6, 'T', None)})"
+    q_xT = p_data @ q_marginal(I, 6, schedule_6)
+    gap = categorical_kl(q_xT, torch.full((K,), 1 / K, dtype=F64)).item()
+    return True if gap < 1e-12 else f"KL(q(x_T) || uniform) = {gap:.4f} nats"
+
+
+def reaches_the_floor(table):
+    table = torch.as_tensor(table, dtype=F64)
+    if table.shape != (T + 1, K, K):
+        return f"the table must have shape {(T + 1, K, K)}, got {tuple(table.shape)}"
+    bits = (p_data @ exact_terms(reverse_matrices(table, decoder="eq16")).sum(1)).item() / LN2
+    return True if abs(bits - floor_bits) < 1e-9 else f"its bound is {bits:.4f} bits, the floor {floor_bits:.4f}"
+
+
+check("exercise 2", answer_2, ok=gap_is_zero)
+check("exercise 3", answer_3, ok=reaches_the_floor)
 
 # %% [markdown]
-# **Exercise 2.** Which schedule change would make the bound of the perfect denoiser equal the data
-# entropy exactly, in this one-pixel world, keeping $T = 6$? Set `answer_2` to a schedule (e.g.
-# `make_schedule(...)` with `T = 6`) and the check computes the gap.
-
-# %%
-answer_2 = None  # your answer here, a Schedule with T = 6
-
-# %%
-if answer_2 is None:
-    print("fill in answer_2")
-elif answer_2.T != 6:
-    print(f"not yet: keep T = 6 (this schedule has T = {answer_2.T})")
-else:
-    q_xT = p_data @ q_marginal(I, answer_2.T, answer_2)
-    gap = categorical_kl(q_xT, torch.full((K,), 1 / K, dtype=F64)).item()
-    print("correct" if gap < 1e-12 else f"not yet: KL(q(x_T) || uniform) = {gap:.4f} nats")
+# <details><summary>Solution 1</summary>
+#
+# ```python
+# P_check = reverse_matrices(p_data.expand(T + 1, K, K), decoder="eq16")
+# answer_1 = (p_data @ exact_terms(P_check).sum(1)).item() / LN2
+# ```
+#
+# The steps $t \ge 2$ are as good as before; the decoder now ignores $x_1$ and pays the data's whole
+# entropy at $t = 1$ (the "Two decoders" section shows the same on $K = 8$).
+# </details>
+#
+# <details><summary>Solution 2</summary>
+#
+# Any schedule with $\bar\alpha_T = 0$: then $q(x_T \mid x_0)$ is uniform whatever $x_0$ is, and the prior term
+# vanishes. For example `answer_2 = make_schedule("jsd", 6)` ($\bar\alpha_t = 1 - t/T$), or a linear one whose
+# last $\beta$ is 1.
+# </details>
+#
+# <details><summary>Solution 3</summary>
+#
+# At $t \ge 2$ the perfect table is $p_\text{data}$ as before. At $t = 1$ the eq. 16 decoder *is* the table, so it
+# must be the true posterior $q(x_0 \mid x_1 = i) \propto p_\text{data} \odot q(x_1 = i \mid x_0)$:
+#
+# ```python
+# answer_3 = p_data.expand(T + 1, K, K).clone()
+# joint = p_data[:, None] * q_marginal(I, 1, schedule)      # [x_0, x_1]
+# answer_3[1] = (joint / joint.sum(0)).T                     # row i: q(x_0 | x_1 = i)
+# ```
+#
+# Then every reverse step is the true one and the bound reaches the floor: the same network must do a
+# different job at $t = 1$ than at every other step, which is why the package decodes with eq. 14.
+# </details>

@@ -21,6 +21,18 @@ def test_likelihood_table_is_the_benchmarks_output():
     assert between("likelihood") == (ROOT / "benchmarks/results/likelihood_cpu.md").read_text().strip()
 
 
+def test_likelihood_curve_table_is_the_benchmarks_output():
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("likelihood", ROOT / "benchmarks" / "likelihood.py")
+    likelihood = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(likelihood)
+    table = (ROOT / "benchmarks/results/likelihood_cpu_curve.md").read_text()
+    assert table == likelihood.markdown(json.loads((ROOT / "benchmarks/results/likelihood_cpu_curve.json").read_text()))
+    assert between("likelihood-curve") == table.strip()
+
+
 def test_oracle_table_is_the_benchmarks_output():
     assert between("oracle") == (ROOT / "benchmarks/results/oracle_cpu.md").read_text().strip()
 
