@@ -181,7 +181,7 @@ print("untrained: x0_hat is 1/8 per class at every t, and its decoder is Bayes' 
 # multiplies it in: adding it would count the pixel's own evidence twice, leaving the network to learn to
 # take it out again. The package's first models did that at every $t$ (`bayes_logits="all"`), and in the
 # same 2.5 minutes of training it cost them dearly. (The rows' other label, "Bayes term: decoder", is the
-# design of the shipped checkpoint: its network added $\log q(x_1 \mid x_0)$ to its own logits at $t = 1$
+# design of the checkpoint shipped with the package, loaded below: its network added $\log q(x_1 \mid x_0)$ to its own logits at $t = 1$
 # only and decoded with $\hat x_0$ alone, which is the same decoder as today's, written inside the network.)
 
 # %%
@@ -244,7 +244,8 @@ print(f"by hand: {loss.item():.1f} nats per map = {loss.item() / D / math.log(2)
 # A training run repeats that step, with three standard pieces:
 #
 # - **AdamW** updates each weight by its gradient divided by a running estimate of the gradient's size, so
-#   every weight moves at about the rate `lr` however large its gradients are. Gradients are clipped to norm 1.
+#   every weight moves at about the rate `lr` however large its gradients are (the "W", a decoupled weight
+#   decay, is off here and in `fit`'s defaults). Gradients are clipped to norm 1.
 # - **The learning-rate schedule**: `lr` times two factors, a linear warm-up that rises from 0 to 1 over the
 #   first 100 steps (Adam's first estimates are poor) and a cosine that falls from 1 to 0 over the whole
 #   budget, so the last steps make small, careful moves. In a short run the two overlap, and the rate peaks
@@ -488,7 +489,9 @@ print(f"  alpha_bar_t at t = 500: {schedule.alpha_bars[500]:.2f}, at t = 800: {s
 # positions) and count the windows that occur nowhere in the 20 000 training maps
 # (`mdiff_lite.data.unseen_windows`). Real test maps have almost none; a single wrong pixel makes up
 # to 16. Below, the pixels covered by an unseen window are outlined in black: that is where a sample
-# departs from anything in the training set.
+# departs from anything in the training set. (`unseen_share.where(maps)` says which windows are unseen, one
+# entry per window position; a transposed convolution with a 4 × 4 kernel of ones spreads each unseen window
+# back over its 16 pixels.)
 
 # %%
 unseen_share = unseen_windows(train_maps, K, size=4)   # indexes the training windows once

@@ -307,7 +307,7 @@ print("the shipped flows' run: " + ", ".join(f"{r['kind']} {r['steps']} steps" f
 # the class index beats dequantizing the one-hot vector; a learned $q(u \mid x)$ helps the one-hot kind a lot
 # and, in this short budget, not the ordinal one. The one-hot flow with uniform noise is worst: it has the most
 # room to empty. The open markers are there for scale only: the shipped diffusion model trained 45 minutes,
-# and the shipped flows came from an earlier 6-minute run on a faster machine (their steps are printed below),
+# and the shipped flows came from an earlier 6-minute run on a faster machine (their steps are printed above),
 # which is why they sit below the curves' ends. The comparison is the curves.
 #
 # ### The shipped models, scored here
@@ -335,8 +335,8 @@ for r in rows:
 #
 # Class ids are names, not numbers: "road" = 3 and "car" = 6 is as good as the reverse. Multinomial
 # diffusion never uses the order. Its transition $Q_t = \alpha_t I + \beta_t \mathbf{1}\mathbf{1}^\top / K$
-# commutes with every permutation matrix $P$, so the marginal, the posterior and every KL term are the
-# same after relabelling. Check it:
+# commutes with every permutation matrix $P$, so the marginal and the posterior of relabelled inputs are the
+# originals relabelled, and every KL term is unchanged. Check it:
 
 # %%
 K, t = 8, 300
@@ -348,7 +348,7 @@ torch.testing.assert_close(q_posterior(xt[:, perm], x0[:, perm], t, schedule), q
 torch.testing.assert_close(   # the eq. 15 KL, computed from relabelled inputs, is the KL of the originals
     categorical_kl(q_posterior(xt[:, perm], x0[:, perm], t, schedule), q_posterior(xt[:, perm], x0_hat[:, perm], t, schedule)),
     categorical_kl(q_posterior(xt, x0, t, schedule), q_posterior(xt, x0_hat, t, schedule)))
-print("q(x_t | x_0), q(x_{t-1} | x_t, x_0) and the KL terms are unchanged by relabelling")
+print("q(x_t | x_0) and q(x_{t-1} | x_t, x_0) are relabelled with the labels; the KL terms are unchanged")
 
 # %% [markdown]
 # The network sees one-hot inputs and emits one logit per class, so relabelling just permutes its first
@@ -426,6 +426,9 @@ ax.legend(fontsize=8);
 # From Hoogeboom et al. (2021, arXiv:2102.05379), in bits per categorical dimension (test set, bounds), as the
 # project's notes on the paper record them (`PAPER.md`, beside the repository):
 #
+# ("Argmax flows" are the paper's other method: a flow on continuous values whose argmax is the class, the
+# dequantization learned so that every class has its own region; this course does not build them.)
+#
 # | data | multinomial diffusion | flows with uniform dequantization | variational dequantization | argmax flows |
 # |---|---:|---:|---:|---:|
 # | text8 (bits per character) | 1.72 | 1.90 (autoregressive) / 2.01 (coupling) | 1.43 / 2.08 | 1.38 / 1.82 |
@@ -437,8 +440,8 @@ ax.legend(fontsize=8);
 #
 # ## Summary
 #
-# - Every number in this notebook is an unbiased estimate of an upper bound on the true bits per pixel,
-#   in one unit (bits per categorical dimension), labelled with its kind: the diffusion model's all-T
+# - Every bits-per-pixel figure of a model of the maps in this notebook is an unbiased estimate of an upper
+#   bound on the true bits per pixel, in one unit (bits per categorical dimension), labelled with its kind: the diffusion model's all-T
 #   estimate or Monte-Carlo estimate, the flows' one-sample and importance-weighted bounds.
 # - Dequantization turns classes into cells of a continuous space; the bound is the entropy plus how far the
 #   flow's density is from flat-in-every-cell, and a smooth density pays at every jump between neighbouring
