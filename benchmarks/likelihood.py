@@ -89,7 +89,7 @@ def _score_diffusion(args, schedule, test):
     return score
 
 
-def _score_flow(test, args):
+def _score_flow(args, test):
     def score(model):
         r = evaluate_flow(model, test, k=1, batch_size=256, seed=args.seed)
         return {"bpd": r["bpd"], "stderr": r["stderr"], "bound": r["bound"]}
@@ -133,11 +133,12 @@ def run_flow(ds, name, kind, permuted, args, device) -> dict:
     model.to(device)
     budget = _budget(args, name)
     test = ds.split("test")[:args.eval_maps]
-    on_log, curve = _curve_recorder(args, name, permuted, _score_flow(test, args))
+    score = _score_flow(args, test)
+    on_log, curve = _curve_recorder(args, name, permuted, score)
     history = fit_flow(model, ds.split("train"), steps=budget["steps"], max_seconds=budget["seconds"],
                        seed=args.seed, progress=not args.quiet, on_log=on_log)
     if curve is not None:
-        curve.append({"minutes": history["seconds"] / 60, "steps": history["steps"], **_score_flow(test, args)(model)})
+        curve.append({"minutes": history["seconds"] / 60, "steps": history["steps"], **score(model)})
     bounds = []
     for k in (1, args.k):
         r = evaluate_flow(model, test, k=k, batch_size=max(1, 256 // k), seed=args.seed, progress=not args.quiet)

@@ -459,7 +459,7 @@ def prior_kl(x0: torch.Tensor, schedule: Schedule, num_classes: int) -> torch.Te
     # others, and KL = a log(a K) + (K - 1) b log(b K). Computed once, in float64, on the CPU.
     dims = math.prod(x0.shape[1:])
     return torch.full((x0.shape[0],), _prior_kl_per_pixel(schedule, K) * dims, device=x0.device,
-                      dtype=torch.float32 if x0.device.type == "mps" else torch.float64)
+                      dtype=_float64_where_possible(x0.device))
 
 
 def _prior_kl_per_pixel(schedule: Schedule, K: int) -> float:

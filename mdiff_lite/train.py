@@ -80,6 +80,12 @@ def pick_device(device: str | torch.device | None = None, verbose: bool = True) 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
+def _amp_choice(amp):
+    """``TrainConfig.amp`` as today's choices spell it: earlier versions (and their checkpoints'
+    metadata) had a bool, True meaning bfloat16 on CUDA only, which is what "auto" does there."""
+    return ("auto" if amp else "off") if isinstance(amp, bool) else amp
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``TrainConfig.amp`` on ``device``, or None for float32."""
     device = torch.device(device)
@@ -137,8 +143,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps; 0 to save only at the end
 
     def __post_init__(self):
-        if isinstance(self.amp, bool):  # earlier versions: True meant bfloat16 on CUDA only
-            self.amp = "auto" if self.amp else "off"
+        self.amp = _amp_choice(self.amp)
 
     def validate(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -284,8 +289,8 @@ def _run_of(meta: dict) -> dict:
     except (TypeError, ValueError):
         pass
     train_config = {k: v for k, v in (meta.get("train_config") or {}).items() if k not in _BUDGET_FIELDS}
-    if isinstance(train_config.get("amp"), bool):  # an older file's spelling (TrainConfig.__post_init__)
-        train_config["amp"] = "auto" if train_config["amp"] else "off"
+    if "amp" in train_config:
+        train_config["amp"] = _amp_choice(train_config["amp"])
     run = {k: meta[k] for k in ("dataset", "permute_seed", "train_maps_shape") if k in meta}
     for part, fields in (("train_config", train_config), ("model_config", model_config)):
         for k, v in fields.items():

@@ -157,6 +157,7 @@ class _Canvas:
         self._agg = FigureCanvasAgg(self.figure)
         self._animated = []
         self._on_top = []
+        self._top_patches = []  # their patches of the first full draw
         self._background = None
 
     def animate(self, *artists):
