@@ -2,7 +2,8 @@
 
 Modules, one per idea of the paper: ``schedules`` (the noise schedule), ``diffusion``
 (eqs. 3 and 11-17), ``data`` (datasets, one with a known entropy), ``plots``, ``models`` (the
-denoiser), ``train``, ``evaluate`` (bits per pixel), ``sampling``.
+denoiser; and the transformers for text), ``train``, ``evaluate`` (bits per pixel), ``sampling``;
+``absorbing`` (mask noise, the second process, for text).
 """
 
 __version__ = "0.1.0"

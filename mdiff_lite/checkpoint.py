@@ -1,7 +1,8 @@
 """Checkpoint files: one format for every kind of model, denoisers (``train``) and flows (``baselines``).
 
 A checkpoint is a ``torch.save`` dict: ``"model"``, the weights (a dict of tensors);
-``"meta_json"``, the metadata as JSON (``"kind"``: ``"denoiser"`` or ``"flow"``, the model's config,
+``"meta_json"``, the metadata as JSON (``"kind"``: ``"denoiser"``, ``"flow"``, or for text
+``"text-denoiser"`` or ``"autoregressive"``; the model's config,
 the dataset, how it was made and measured); and for a resumable run ``"training"``, the optimiser,
 the raw weights, the random states... (tensors and plain values). Files are written atomically (a
 temporary file, then ``os.replace``: a reader sees the old file or the new one, never half of one)
@@ -40,6 +41,10 @@ __all__ = ["MODEL_KINDS", "kind_of", "check_meta", "write_checkpoint", "read_che
 MODEL_KINDS = {
     "denoiser": ("model_config", "a denoiser", "mdiff_lite.train.load_denoiser"),
     "flow": ("flow_config", "a dequantization flow", "mdiff_lite.baselines.load_flow"),
+    # The transformers of notebook 07 keep their TransformerConfig under model_config too; their
+    # files always say their kind, so the legacy guess by config key never meets them.
+    "text-denoiser": ("model_config", "a text denoiser", "mdiff_lite.train.load_text_model"),
+    "autoregressive": ("model_config", "an autoregressive transformer", "mdiff_lite.train.load_text_model"),
 }
 
 

@@ -14,7 +14,11 @@ pixel can be held against the true entropy, the floor no model can beat. A small
   Multinomial diffusion treats classes as unordered and is blind to it; a model that treats class
   ids as ordered values (a dequantization flow) is not.
 
-Each has ``num_classes``, ``class_names``, ``colors`` (one fixed colour per class, as hex strings;
+And one corpus of text, for notebook 07: :class:`TextCorpus`, English Wikipedia cleaned as text8
+was (27 symbols, split by position, sequences of 256 characters), with the exact cross-entropies
+of the uniform code and of unigram and bigram frequencies (``reference_bits``).
+
+The map datasets have ``num_classes``, ``class_names``, ``colors`` (one fixed colour per class, as hex strings;
 :mod:`mdiff_lite.plots` draws with them), ``height``, ``width`` and ``split(name)`` returning a
 ``LongTensor[n, height, width]`` of class ids. This module knows nothing of diffusion.
 
@@ -24,9 +28,16 @@ holds bits per pixel against ``entropy_bits_per_pixel`` and compares :class:`Per
 
 from __future__ import annotations
 
+import bz2
+import functools
+import html
 import math
 import numbers
+import os
+import re
 from dataclasses import dataclass
+from importlib import metadata
+from xml.etree import ElementTree
 
 import numpy as np
 import torch
@@ -35,6 +46,7 @@ from sklearn.datasets import load_digits
 __all__ = [
     "ToySegmentation", "Variable", "TOY_CLASS_NAMES", "TOY_COLORS",
     "Digits", "bin_levels", "PermutedLabels", "DATASET_NAMES", "dataset_by_name", "unseen_windows",
+    "TEXT_ALPHABET", "TEXT_SPLIT_NAMES", "clean_wikitext", "TextCorpus",
 ]
 
 SKY, BUILDING, WINDOW, ROAD, SIDEWALK, VEGETATION, CAR, PERSON = range(8)
@@ -931,3 +943,261 @@ def dataset_by_name(name: str, permute_seed: int | None = None):
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     return ds if permute_seed is None else PermutedLabels(ds, permute_seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# English text: Wikipedia cleaned as text8 was.
+#
+# text8 (Matt Mahoney's benchmark, the paper's text data set) is the first 10^8 characters of an
+# English Wikipedia dump, cleaned by his wikifil.pl down to 27 symbols: space and a-z. The same
+# source and the same recipe, at 1/30 of the size, ship offline: gensim (a dependency of the
+# course) carries the first articles of an English Wikipedia dump among its test data. We read
+# that file where gensim installed it and never copy it; the cleaning below is our own code.
+# ---------------------------------------------------------------------------------------------
+
+TEXT_ALPHABET = " abcdefghijklmnopqrstuvwxyz"   # class id = index: space is 0, a is 1, ..., z is 26
+TEXT_SPLIT_NAMES = ("train", "valid", "test")
+
+ENWIKI_FILE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
+_REF = re.compile(r"<ref\b[^>]*?/>|<ref\b[^>]*>.*?</ref\s*>", re.S | re.I)
+# Tags whose content is not English prose: LaTeX, lists of files, program code.
+_NOT_PROSE = re.compile(r"<(math|chem|gallery|source|syntaxhighlight|timeline)\b[^>]*>.*?</\1\s*>", re.S | re.I)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")                      # innermost: no brace inside
+_TABLE = re.compile(r"\{\|(?:(?!\{\||\|\}).)*\|\}", re.S)      # innermost: no table inside
+_EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]*\s*([^\]]*)\]", re.I)
+# Innermost: a caption may hold links, and single brackets ("Bicyclo[1.1.0]butane").
+_INTERNAL_LINK = re.compile(r"\[\[((?:(?!\[\[|\]\]).)*)\]\]", re.S)
+_HIDDEN_NAMESPACES = ("category", "file", "image")
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*")         # de, fr, be-x-old
+_BARE_URL = re.compile(r"(?:https?|ftp)://\S+", re.I)
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.I)
+_TAG = re.compile(r"</?[a-z][^<>]*>", re.I)
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")
+_HEADING = re.compile(r"^=+[ \t]*|[ \t]*=+[ \t]*$", re.M)
+_DIGITS = str.maketrans({d: f" {word} " for d, word in zip(
+    "0123456789", ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))})
+_NOT_LETTERS = re.compile(r"[^a-z]+")
+
+
+def _link_text(match: re.Match) -> str:
+    """What a reader sees of ``[[target|label]]``: the label, else the target; nothing of a
+    category, a file or an interlanguage link. ``[[:Category:X|X]]`` (leading colon) is a plain link."""
+    target, _, label = match.group(1).partition("|")
+    visible = target.startswith(":")
+    target = target.lstrip(":")
+    prefix, colon, _ = target.partition(":")
+    prefix = prefix.strip().lower()
+    if colon and not visible and (prefix in _HIDDEN_NAMESPACES or (not label and _LANGUAGE_CODE.fullmatch(prefix))):
+        return ""
+    return label or target
+
+
+def clean_wikitext(markup: str) -> str:
+    """One article's wikitext -> the text a reader sees, in :data:`TEXT_ALPHABET`, as text8 was made.
+
+    Dropped with their content: HTML comments, ``<ref>`` footnotes (paired and self-closing),
+    ``<math>``, ``<chem>``, ``<gallery>``, ``<source>``, ``<syntaxhighlight>``, ``<timeline>``,
+    ``{{templates}}`` and ``{| tables |}`` (nested ones from the innermost out), categories,
+    files and images with their captions, interlanguage links (``[[de:...]]``), bare URLs and
+    magic words (``__TOC__``). Kept without their markup: the label of ``[[target|label]]``,
+    the target of ``[[target]]``, the label of ``[http://url label]``, the content of other HTML
+    tags, the words of ``== headings ==`` and of ``''italic''`` and ``'''bold'''``. Then HTML
+    entities are unescaped, letters lowercased, digits spelt out (``"42"`` -> ``" four two "``),
+    every other character becomes a space, and runs of spaces one space, none at either end.
+
+    Unbalanced markup is not repaired: what is left of it becomes spaces.
+    """
+    if not isinstance(markup, str):
+        raise TypeError(f"markup must be a str of wikitext, got {type(markup).__name__}")
+    text = _COMMENT.sub("", markup)
+    text = _REF.sub("", text)
+    text = _NOT_PROSE.sub("", text)
+    # A template may hold a table and a table templates: strip whichever is innermost, until none.
+    while True:
+        text, templates = _TEMPLATE.subn("", text)
+        text, tables = _TABLE.subn("", text)
+        if templates == tables == 0:
+            break
+    text = _EXTERNAL_LINK.sub(r"\1", text)
+    links = 1
+    while links:
+        text, links = _INTERNAL_LINK.subn(_link_text, text)
+    text = _BARE_URL.sub("", text)
+    text = _LINE_BREAK.sub(" ", text)
+    text = _TAG.sub("", text)
+    text = _MAGIC_WORD.sub("", text)
+    text = text.replace("'''", "").replace("''", "")
+    text = _HEADING.sub("", text)
+    text = html.unescape(text).lower().translate(_DIGITS)
+    return _NOT_LETTERS.sub(" ", text).strip()
+
+
+def _enwiki_path() -> str:
+    """Where gensim installed its Wikipedia dump; found without importing gensim (slow to import)."""
+    try:
+        gensim = metadata.distribution("gensim")
+    except metadata.PackageNotFoundError:
+        raise ModuleNotFoundError("TextCorpus reads an English Wikipedia dump shipped inside gensim, which "
+                                  "is not installed: pip install gensim (make install does)") from None
+    path = gensim.locate_file(ENWIKI_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"gensim {gensim.version} does not ship {ENWIKI_FILE}; TextCorpus was built "
+                                f"against gensim 4.4.0")
+    return os.fspath(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _enwiki_text(path: str) -> str:
+    """The articles of the dump (namespace 0, no redirects) in file order, each cleaned by
+    :func:`clean_wikitext`, joined by one space. Cached per process: cleaning takes seconds."""
+    articles = []
+    with bz2.open(path) as dump:
+        for _, element in ElementTree.iterparse(dump):
+            if element.tag.rpartition("}")[2] != "page":
+                continue
+            if element.findtext("{*}ns") == "0" and element.find("{*}redirect") is None:
+                text = clean_wikitext(element.findtext("{*}revision/{*}text") or "")
+                if text:
+                    articles.append(text)
+            element.clear()   # keep memory flat: the pages already read are not needed
+    return " ".join(articles)
+
+
+_TEXT_IDS = np.full(128, -1, dtype=np.int64)   # ASCII code -> class id, -1 outside the alphabet
+_TEXT_IDS[[ord(c) for c in TEXT_ALPHABET]] = np.arange(len(TEXT_ALPHABET))
+
+
+class TextCorpus:
+    """English Wikipedia, cleaned as text8 was: 27 symbols, split by position.
+
+    The paper's text data set is text8, the first 10^8 characters of English Wikipedia cleaned to
+    space and a-z. The same source, cleaned by the same recipe (:func:`clean_wikitext`), ships
+    offline inside a maintained package: gensim 4.4.0's test data hold the first 106 articles of a
+    2016 English Wikipedia dump (Anarchism, Autism, Albedo, ..., Algorithm), which we read where
+    gensim installed it and never redistribute. The articles' text is Wikipedia's, under CC BY-SA
+    3.0 and the GFDL; gensim itself is LGPL-2.1.
+
+    Cleaned, the articles make 2 956 564 characters (text8 has 10^8). By position, no shuffling, the
+    cuts rounded to the nearest character: ``train`` is the first 90 % (2 660 908 characters),
+    ``valid`` the next 5 % (147 828), ``test`` the last 5 % (147 828); with the default
+    ``length = 256`` that is 10 394, 577 and 577 sequences. The cuts fall inside articles, as
+    text8's usual 90/5/5 cut does. The text is read and cleaned once per process (about 2 s).
+
+    Class ids are positions in :data:`TEXT_ALPHABET`: space is 0, ``a`` 1, ..., ``z`` 26.
+    :meth:`reference_bits` gives the yardsticks a model's bits per character is held against.
+
+    Args:
+        length: characters per sequence of :meth:`split`, at least 2.
+        fractions: shares of train, valid and test, positive and summing to 1.
+
+    Taught in notebook 07.
+    """
+
+    name = "enwiki"
+    num_classes = len(TEXT_ALPHABET)
+    class_names = tuple(TEXT_ALPHABET)
+
+    def __init__(self, length: int = 256, fractions=(0.90, 0.05, 0.05)):
+        if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 2:
+            raise ValueError(f"length must be an integer >= 2, got length = {length!r}")
+        try:
+            fractions = tuple(fractions)
+        except TypeError:
+            raise ValueError(f"fractions must be three numbers (train, valid, test), got {fractions!r}") from None
+        if len(fractions) != 3 or any(isinstance(f, bool) or not isinstance(f, numbers.Real) or not f > 0
+                                      for f in fractions) or not math.isclose(math.fsum(fractions), 1.0):
+            raise ValueError(f"fractions must be three positive numbers (train, valid, test) summing to 1, "
+                             f"got {fractions!r}")
+        self.length = int(length)
+        self.fractions = tuple(float(f) for f in fractions)
+        self._text = _enwiki_text(_enwiki_path())
+        n = len(self._text)
+        cuts = (0, round(self.fractions[0] * n), round((self.fractions[0] + self.fractions[1]) * n), n)
+        self._bounds = {name: (cuts[i], cuts[i + 1]) for i, name in enumerate(TEXT_SPLIT_NAMES)}
+        self._ids = self.encode(self._text)
+        self._reference_bits = None
+
+    def text(self, name: str) -> str:
+        """The whole split as one string."""
+        start, stop = self._split_bounds(name)
+        return self._text[start:stop]
+
+    def split(self, name: str) -> torch.Tensor:
+        """``LongTensor[n, length]``: the split cut into consecutive windows of ``length``
+        characters from its start; the tail shorter than ``length`` is dropped."""
+        start, stop = self._split_bounds(name)
+        n = (stop - start) // self.length
+        return self._ids[start:start + n * self.length].view(n, self.length).clone()
+
+    def _split_bounds(self, name) -> tuple[int, int]:
+        if name not in TEXT_SPLIT_NAMES:
+            raise ValueError(f"split name must be one of {', '.join(map(repr, TEXT_SPLIT_NAMES))}, got {name!r}")
+        return self._bounds[name]
+
+    @staticmethod
+    def encode(text: str) -> torch.Tensor:
+        """``LongTensor[len(text)]`` of class ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        ids = np.where(points < 128, _TEXT_IDS[np.minimum(points, 127)], -1)
+        bad = np.flatnonzero(ids < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"character {text[i]!r} at position {i} is not in the alphabet (space and a-z)")
+        return torch.from_numpy(ids)
+
+    @staticmethod
+    def decode(ids) -> str | list[str]:
+        """Class ids ``[L]`` -> a str of ``L`` characters; ``[n, L]`` -> a list of ``n`` of them."""
+        ids = torch.as_tensor(ids)
+        if ids.numel() == 0:
+            ids = ids.long()
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"ids must be integer class ids, got dtype {ids.dtype}")
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"ids must have shape [L] or [n, L], got {tuple(ids.shape)}")
+        ids = ids.cpu().long().numpy()
+        bad = np.flatnonzero((ids < 0) | (ids >= len(TEXT_ALPHABET)))
+        if bad.size:
+            raise ValueError(f"class id {ids.flat[bad[0]]} is outside 0..{len(TEXT_ALPHABET) - 1}")
+        chars = np.frombuffer(TEXT_ALPHABET.encode("ascii"), dtype=np.uint8)[ids]
+        if ids.ndim == 1:
+            return chars.tobytes().decode("ascii")
+        return [row.tobytes().decode("ascii") for row in chars]
+
+    def reference_bits(self) -> dict:
+        """Bits per character of three fitted models on the test sequences (``split("test")``):
+
+        - ``"uniform"``: ``log2 27``, every symbol alike;
+        - ``"unigram"``: each character under the character frequencies of the train text,
+          add-one (Laplace) smoothed: ``(count(c) + 1) / (N + 27)``;
+        - ``"bigram"``: a sequence's first character under that unigram, every later one under
+          ``(count(b, c) + 1) / (count(b, .) + 27)``, pairs counted on the train text;
+        - ``"n_chars"``: how many characters were scored.
+
+        Each is an exact cross-entropy of a model fitted on the train text, not an estimate of
+        one; so each bounds the text's entropy rate from above, as any model's bits per character do.
+        With ``length = 256``: 4.755, 4.128 and 3.408 bits per character on 147 712 characters.
+        """
+        if self._reference_bits is None:
+            K = self.num_classes
+            start, stop = self._bounds["train"]
+            train = self._ids[start:stop].numpy()
+            test = self.split("test").numpy()
+            unigram = np.log2((np.bincount(train, minlength=K) + 1) / (len(train) + K))
+            pairs = np.bincount(train[:-1] * K + train[1:], minlength=K * K).reshape(K, K) + 1
+            bigram = np.log2(pairs / pairs.sum(1, keepdims=True))
+            # Counts times log-probabilities: 27 or 729 terms to add, not one per character.
+            test_unigram = np.bincount(test.ravel(), minlength=K) @ unigram
+            test_bigram = np.bincount(test[:, 0], minlength=K) @ unigram \
+                + (np.bincount((test[:, :-1] * K + test[:, 1:]).ravel(), minlength=K * K) @ bigram.ravel())
+            n = test.size
+            self._reference_bits = {"uniform": math.log2(K), "unigram": float(-test_unigram / n),
+                                    "bigram": float(-test_bigram / n), "n_chars": int(n)}
+        return dict(self._reference_bits)
+
+    def __repr__(self) -> str:
+        return f"TextCorpus(length={self.length}, fractions={self.fractions})"

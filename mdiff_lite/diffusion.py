@@ -34,7 +34,7 @@ __all__ = [
     "q_step", "q_marginal", "q_posterior", "q_posterior_skip", "categorical_kl", "log_categorical",
     "sample_categorical", "sample_index", "one_hot", "bits_per_dim",
     "q_sample", "log_q_posterior", "prior_kl", "vlb_terms", "training_loss", "x0_nll",
-    "UniformTimeSampler", "StratifiedTimeSampler", "ImportanceTimeSampler",
+    "UniformTimeSampler", "StratifiedTimeSampler", "ImportanceTimeSampler", "UniformProcess", "as_process",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -326,16 +326,18 @@ def q_sample(x0: torch.Tensor, t, schedule: Schedule, num_classes: int,
 
     With probability ``1 - alpha_bar_t`` a pixel is resampled uniformly (possibly to its own
     class), else it keeps ``x_0``: exactly the mixture of eq. 12, with no K-way sampling.
+    (``schedule`` may also be a process: an :class:`~mdiff_lite.absorbing.AbsorbingProcess`
+    masks instead, writing the mask id K.)
 
     Args:
         x0: integer tensor of class indices, any shape.
         t: 0 .. T, an int or an integer tensor broadcasting against ``x0.shape``.
     """
-    _check_schedule(schedule)
+    process = as_process(schedule)
     K = _check_num_classes(num_classes)
     x0 = _check_indices(x0, K, "x0")
-    t = _check_t(t, 0, schedule.T, x0.device)
-    return _q_sample(x0, t, schedule, K, generator)
+    t = _check_t(t, 0, process.T, x0.device)
+    return process._sample(x0, t, K, generator)
 
 
 def _q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, K: int, generator) -> torch.Tensor:
@@ -450,15 +452,16 @@ def _kl_from_logs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def prior_kl(x0: torch.Tensor, schedule: Schedule, num_classes: int) -> torch.Tensor:
     """``KL(q(x_T | x_0) || p(x_T))`` with the uniform prior ``p(x_T)``, in nats, summed over all
     but the first (batch) axis of ``x0``: the last term of eq. 3. It does not depend on the
-    model and is near 0 when ``alpha_bar_T`` is near 0. Computed in float64."""
-    _check_schedule(schedule)
+    model and is near 0 when ``alpha_bar_T`` is near 0. Computed in float64. (For a process
+    other than the uniform one, its own prior: see :mod:`mdiff_lite.absorbing`.)"""
+    process = as_process(schedule)
     K = _check_num_classes(num_classes)
     x0 = _check_indices(x0, K, "x0")
     # Every class is noised alike, so the KL is the same for every pixel: q(x_T | x_0) puts
     # a = alpha_bar_T + (1 - alpha_bar_T) / K on x_0 and b = (1 - alpha_bar_T) / K on the K - 1
     # others, and KL = a log(a K) + (K - 1) b log(b K). Computed once, in float64, on the CPU.
     dims = math.prod(x0.shape[1:])
-    return torch.full((x0.shape[0],), _prior_kl_per_pixel(schedule, K) * dims, device=x0.device,
+    return torch.full((x0.shape[0],), process._prior_kl_per_dim(K) * dims, device=x0.device,
                       dtype=_float64_where_possible(x0.device))
 
 
@@ -471,6 +474,69 @@ def _prior_kl_per_pixel(schedule: Schedule, K: int) -> float:
         schedule._cache[key] = (torch.xlogy(log_a.exp(), log_a.exp() * K)
                                 + (K - 1) * torch.xlogy(log_b.exp(), log_b.exp() * K)).item()
     return schedule._cache[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise as an object: the bound, the loss and the sampler take a process.
+# ---------------------------------------------------------------------------------------------
+
+
+class UniformProcess:
+    """Multinomial diffusion's noise (eqs. 11-13 above) as the object that the bound, the loss and
+    the sampler take: ``UniformProcess(make_schedule("hoogeboom-cosine", 1000))``. A plain
+    :class:`~mdiff_lite.schedules.Schedule` given to them means this process, so every call
+    written before there was a second process reads as it did. Its sibling is
+    :class:`mdiff_lite.absorbing.AbsorbingProcess`; both offer the same methods, which the
+    functions here call (sample x_t, the terms L_t, the prior's KL, the evidence of x_t about
+    x_0, the sampler's jump and the prior draw)."""
+
+    name = "uniform"
+
+    def __init__(self, schedule: Schedule):
+        _check_schedule(schedule)
+        self.schedule = schedule
+        self.T = schedule.T
+
+    def __repr__(self) -> str:
+        return f"UniformProcess({self.schedule!r})"
+
+    def to_dict(self) -> dict:
+        return {"noise": self.name, "schedule": self.schedule.to_dict()}
+
+    @staticmethod
+    def num_states(num_classes: int) -> int:
+        """The values ``x_t`` takes: the K classes themselves."""
+        return num_classes
+
+    def _sample(self, x0, t, K: int, generator):
+        return _q_sample(x0, t, self.schedule, K, generator)
+
+    def _terms(self, log_x0_hat, x0, x_t, t, K: int):
+        return _per_example_terms(log_x0_hat, x0, x_t, t, self.schedule, K)
+
+    def _prior_kl_per_dim(self, K: int) -> float:
+        return _prior_kl_per_pixel(self.schedule, K)
+
+    def _log_evidence(self, x_t, t_b, K: int, dtype):
+        return _log_marginal(x_t, t_b, self.schedule, K, dtype)
+
+    def _skip_probs(self, x_t, x0_hat, t: int, s: int, K: int):
+        return _q_posterior_skip(F.one_hot(x_t, K).to(x0_hat.dtype), x0_hat, torch.tensor(t, device=x_t.device),
+                                 torch.tensor(s, device=x_t.device), self.schedule)
+
+    def _prior_sample(self, shape, K: int, generator, device):
+        return torch.randint(0, K, shape, generator=generator, device=device)
+
+
+def as_process(schedule_or_process):
+    """The process a function was given: a :class:`Schedule` means :class:`UniformProcess` on it;
+    a process (uniform or :class:`~mdiff_lite.absorbing.AbsorbingProcess`) is returned as it is."""
+    if isinstance(schedule_or_process, Schedule):
+        return UniformProcess(schedule_or_process)
+    if isinstance(getattr(schedule_or_process, "schedule", None), Schedule) and hasattr(schedule_or_process, "_terms"):
+        return schedule_or_process
+    raise TypeError("expected a Schedule from make_schedule() or a noise process (UniformProcess, "
+                    f"AbsorbingProcess), got {type(schedule_or_process).__name__}")
 
 
 def _call_denoiser(denoiser, x_t: torch.Tensor, t: torch.Tensor, K: int) -> torch.Tensor:
@@ -544,6 +610,9 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
         denoiser: ``(x_t: LongTensor[B, *dims], t: LongTensor[B]) -> logits[B, *dims, K]``;
             ``x0_hat = softmax(logits)``.
         x0: LongTensor of class indices ``[B, *dims]``.
+        schedule: a :class:`Schedule` (the uniform noise of eqs. 11-13) or a process
+            (:class:`UniformProcess`, :class:`~mdiff_lite.absorbing.AbsorbingProcess`, whose terms
+            are its own, and whose ``x_t`` holds the mask id K).
         num_classes: K; if omitted, ``denoiser.num_classes``.
         generator: for the draws of ``x_t``, on the device of ``x0``.
         max_batch: several t share one denoiser call when ``max_batch`` is at least 2 B, as
@@ -553,10 +622,10 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
         float tensor ``[B, T + 1]`` (float64 for a float64 denoiser, else float32).
         Gradients flow if enabled; evaluation should run under ``torch.no_grad()``.
     """
-    _check_schedule(schedule)
+    process = as_process(schedule)
     K = _resolve_num_classes(denoiser, num_classes)
     x0 = _check_x0_batch(x0, K)
-    B, T = x0.shape[0], schedule.T
+    B, T = x0.shape[0], process.T
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, numbers.Integral)
                                   or max_batch < 1):
         raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
@@ -568,12 +637,12 @@ def vlb_terms(denoiser, x0: torch.Tensor, schedule: Schedule, *, num_classes: in
         t = ts.repeat_interleave(B)
         x0_rep = x0.repeat((len(ts),) + (1,) * (x0.ndim - 1))
         t_b = t.view((-1,) + (1,) * (x0.ndim - 1))
-        x_t = q_sample(x0_rep, t_b, schedule, K, generator)
+        x_t = process._sample(x0_rep, t_b, K, generator)
         log_x0_hat = _call_denoiser(denoiser, x_t, t, K)
-        terms = _per_example_terms(log_x0_hat, x0_rep, x_t, t, schedule, K)
+        terms = process._terms(log_x0_hat, x0_rep, x_t, t, K)
         columns.append(terms.view(len(ts), B).T)
     terms = torch.cat(columns, 1)
-    prior = prior_kl(x0, schedule, K).to(terms.dtype).unsqueeze(1)
+    prior = prior_kl(x0, process, K).to(terms.dtype).unsqueeze(1)
     return torch.cat([terms, prior], 1)
 
 
@@ -602,12 +671,12 @@ def training_loss(denoiser, x0: torch.Tensor, schedule: Schedule, t_sampler, *,
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    _check_schedule(schedule)
-    if not hasattr(t_sampler, "sample") or getattr(t_sampler, "T", None) != schedule.T:
-        raise ValueError(f"t_sampler must be a time sampler with T = {schedule.T}, got {t_sampler!r}")
+    process = as_process(schedule)
+    if not hasattr(t_sampler, "sample") or getattr(t_sampler, "T", None) != process.T:
+        raise ValueError(f"t_sampler must be a time sampler with T = {process.T}, got {t_sampler!r}")
     K = _resolve_num_classes(denoiser, num_classes)
     x0 = _check_x0_batch(x0, K)
-    return _training_loss(denoiser, x0, schedule, t_sampler, K, generator, reduction, with_x0_nll)
+    return _training_loss(denoiser, x0, process, t_sampler, K, generator, reduction, with_x0_nll)
 
 
 def _training_loss(denoiser, x0, schedule, t_sampler, K: int, generator, reduction: str = "mean",
@@ -615,27 +684,28 @@ def _training_loss(denoiser, x0, schedule, t_sampler, K: int, generator, reducti
     """:func:`training_loss` on checked inputs (``fit`` checks its maps once): nothing here reads a
     value back from the device, so on a GPU a training step runs without waiting for it (the
     importance sampler's update is the exception: it learns from the losses on the host)."""
+    process = as_process(schedule)
     B = x0.shape[0]
     t, p_t = t_sampler.sample(B, device=x0.device, generator=generator)
-    x_t = _q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
+    x_t = process._sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), K, generator)
     log_x0_hat = _call_denoiser(denoiser, x_t, t, K)
-    L_t = _per_example_terms(log_x0_hat, x0, x_t, t, schedule, K)
+    L_t = process._terms(log_x0_hat, x0, x_t, t, K)
     if getattr(t_sampler, "learns", True):
         t_sampler.update(t, L_t.detach())
-    prior = _prior_kl_per_pixel(schedule, K) * math.prod(x0.shape[1:])  # prior_kl, unchecked
+    prior = process._prior_kl_per_dim(K) * math.prod(x0.shape[1:])  # prior_kl, unchecked
     estimate = L_t / p_t.to(L_t.dtype) + prior
     if with_x0_nll:
-        nll = _x0_nll(log_x0_hat, x0, x_t, t, schedule, K)
+        nll = _x0_nll(log_x0_hat, x0, x_t, t, process, K)
         return (estimate.mean(), nll.mean()) if reduction == "mean" else (estimate, nll)
     return estimate.mean() if reduction == "mean" else estimate
 
 
-def _x0_nll(log_x0_hat, x0, x_t, t, schedule, K) -> torch.Tensor:
+def _x0_nll(log_x0_hat, x0, x_t, t, process, K) -> torch.Tensor:
     """-log p(x_0 | x_t) per example (nats, summed over dimensions) under the model's posterior
     ``x0_hat * q(x_t | x_0), normalised`` (at t = 1, the decoder)."""
     B = x0.shape[0]
     t_b = t.view((B,) + (1,) * (x0.ndim - 1))
-    log_lik = _log_marginal(x_t, t_b, schedule, K, log_x0_hat.dtype)  # log q(x_t | x_0 = k) for every k
+    log_lik = process._log_evidence(x_t, t_b, K, log_x0_hat.dtype)  # log q(x_t | x_0 = k) for every k
     log_post = torch.log_softmax(log_x0_hat + log_lik, 1)
     return -log_post.gather(1, x0.unsqueeze(1)).reshape(B, -1).sum(1)
 
@@ -652,13 +722,13 @@ def x0_nll(denoiser, x0: torch.Tensor, t, schedule: Schedule, *, num_classes: in
     (D3PM's auxiliary loss, Austin et al. 2021, taken through the model's posterior). At
     ``t = 1`` it is the decoder term. ``t``: an int or LongTensor ``[B]`` in 1 .. T.
     """
-    _check_schedule(schedule)
+    process = as_process(schedule)
     K = _resolve_num_classes(denoiser, num_classes)
     x0 = _check_x0_batch(x0, K)
     B = x0.shape[0]
-    t = _check_t(t, 1, schedule.T, x0.device).broadcast_to((B,))
-    x_t = q_sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), schedule, K, generator)
-    return _x0_nll(_call_denoiser(denoiser, x_t, t, K), x0, x_t, t, schedule, K)
+    t = _check_t(t, 1, process.T, x0.device).broadcast_to((B,))
+    x_t = process._sample(x0, t.view((B,) + (1,) * (x0.ndim - 1)), K, generator)
+    return _x0_nll(_call_denoiser(denoiser, x_t, t, K), x0, x_t, t, process, K)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ is the bound exactly, since each term of eq. 3 is an expectation over ``x_t``:
 - :func:`estimate_bound` draws ``k`` uniform times per map: ``T * L_t + prior`` is unbiased for
   the same bound, far cheaper, and noisier; its standard error says how much.
 
+Both take a noise process where they take a schedule (text, notebook 07: either noise).
+:func:`exact_nll` scores the autoregressive reference, whose likelihood needs no bound.
+
 Taught in notebooks 05 and 06; ``python -m mdiff_lite eval`` prints these.
 """
 
@@ -28,7 +31,8 @@ from .diffusion import UniformTimeSampler, bits_per_dim, training_loss, vlb_term
 from .models import check_schedule_matches
 from .schedules import Schedule
 
-__all__ = ["evaluate_bound", "estimate_bound", "bound_breakdown", "tenths", "BOUND_ALL_T", "ALL_T_LABEL"]
+__all__ = ["evaluate_bound", "estimate_bound", "exact_nll", "bound_breakdown", "tenths", "BOUND_ALL_T", "ALL_T_LABEL",
+           "EXACT"]
 
 BOUND_ALL_T = ("all-T estimate of the variational bound (eq. 3): every one of its T + 1 terms per map, each KL "
                "at one draw of x_t, so unbiased for the bound (an upper bound on the negative log-likelihood); "
@@ -135,6 +139,29 @@ def estimate_bound(model, schedule: Schedule, maps: torch.Tensor, *, k: int = 8,
         "n_images": N, "T": schedule.T, "k": k,
         "seconds": time.perf_counter() - start,
     }
+
+
+EXACT = "exact negative log-likelihood (one causal pass per sequence; no bound, no sampling)"
+
+
+@torch.no_grad()
+def exact_nll(model, seqs: torch.Tensor, *, batch_size: int = 64, progress: bool = True) -> dict:
+    """``-log p(x)`` of every sequence under an autoregressive model (``model.nll``), in bits per
+    character: ``{"bpd", "stderr", "bound", "n_images", "seconds"}``; the standard error is over
+    sequences (the number is exact for each; the error says how much the test set's choice moves it)."""
+    if not isinstance(seqs, torch.Tensor) or seqs.is_floating_point() or seqs.ndim != 2:
+        raise ValueError("seqs must be a LongTensor [N, L] of class indices")
+    device = next(model.parameters()).device
+    N, D = seqs.shape
+    start = time.perf_counter()
+    per_seq = []
+    with _eval_mode(model):
+        for i in tqdm(range(0, N, batch_size), desc="exact NLL", disable=not progress):
+            per_seq.append(model.nll(seqs[i:i + batch_size].to(device)).cpu().double())
+    bpd = bits_per_dim(torch.cat(per_seq), D)
+    return {"bpd": bpd.mean().item(),
+            "stderr": (bpd.std(unbiased=True) / math.sqrt(N)).item() if N > 1 else float("nan"),
+            "bound": EXACT, "n_images": N, "seconds": time.perf_counter() - start}
 
 
 def tenths(T: int) -> list[int]:

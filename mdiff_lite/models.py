@@ -38,6 +38,11 @@ Three choices make it small and fast enough for a laptop CPU:
   the map.
 
 Taught in notebook 05; the configuration is a small dataclass saved in every checkpoint.
+
+For sequences (text, notebook 07) there are two transformers of one size and one trunk:
+:class:`TextDenoiser`, bidirectional and time-conditioned, the same protocol as the U-Net
+(``model(x_t [B, L], t [B]) -> logits [B, L, K]``) for either noise process; and
+:class:`CausalTransformer`, the autoregressive reference, whose exact likelihood is one pass.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ from torch.nn import functional as F
 
 from .schedules import Schedule, make_schedule
 
-__all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches"]
+__all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches",
+           "TransformerConfig", "TextDenoiser", "CausalTransformer", "NOISE_NAMES", "process_of"]
 
 # Where log q(x_t | x_0 = k) enters: "decoder" only (in the decoder, through eq. 14 at t = 1), or
 # "all" (also added to the network's logits at t >= 2: the first design, evidence counted twice).
@@ -307,8 +313,20 @@ class OracleDenoiser:
 
 def check_schedule_matches(model, schedule) -> None:
     """A :class:`Denoiser` reads alpha_bar_t from its own schedule (the Bayes term and the time
-    scale): evaluating or sampling it with another schedule would silently compute nonsense."""
+    scale): evaluating or sampling it with another schedule would silently compute nonsense.
+    ``schedule`` may be a noise process; a :class:`TextDenoiser` must get the process it was
+    built for (its noise and its schedule)."""
+    process = schedule
+    schedule = getattr(process, "schedule", process)
+    noise = "uniform" if isinstance(process, Schedule) else getattr(process, "name", "uniform")
     config = getattr(model, "config", None)
+    if isinstance(config, TransformerConfig):
+        if config.noise != noise or make_schedule(**config.schedule).to_dict() != schedule.to_dict():
+            raise ValueError(f"the model was built for {config.noise} noise on {config.schedule}, not "
+                             f"{noise} noise on {schedule.to_dict()}; use mdiff_lite.models.process_of(model)")
+        return
+    if isinstance(config, DenoiserConfig) and noise != "uniform":
+        raise ValueError(f"the U-Net denoiser is built for uniform noise, not {noise}")
     own = getattr(model, "schedule", None)   # an OracleDenoiser's
     if isinstance(own, Schedule) and own.to_dict() != schedule.to_dict():
         raise ValueError(f"the oracle was built for the schedule {own.to_dict()}, not {schedule.to_dict()}")
@@ -319,3 +337,185 @@ def check_schedule_matches(model, schedule) -> None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformers for sequences (text): the denoiser and the autoregressive reference.
+# ---------------------------------------------------------------------------------------------
+
+NOISE_NAMES = ("uniform", "absorbing")
+
+
+@dataclass
+class TransformerConfig:
+    """Everything needed to rebuild a :class:`TextDenoiser` (``noise`` and ``schedule`` set) or a
+    :class:`CausalTransformer` (``noise=None``, ``schedule=None``). Both have the same trunk for
+    the same ``width``, ``depth`` and ``heads``, so their sizes match parameter for parameter,
+    up to the token table (K + 1 rows for the absorbing denoiser's mask and the causal model's
+    start token, K for the uniform denoiser) and the denoiser's time MLP."""
+
+    num_classes: int
+    length: int
+    noise: str | None = "absorbing"
+    schedule: dict | None = field(default_factory=lambda: {"name": "jsd", "T": 1000})
+    width: int = 64
+    depth: int = 4
+    heads: int = 4
+    # A convolution over this many neighbouring tokens before the first layer (0: none). With
+    # learned absolute positions alone, attention had no way to find a character's neighbours early
+    # in training: in 300 steps the absorbing denoiser stayed at the unigram level (4.15 bits per
+    # character) and reached 3.46 with it (``python benchmarks/text.py --steps 300 --models absorbing
+    # --local 0``, and ``--local 5``). The causal model's is causal: it sees only the past.
+    local: int = 5
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.local < 0:
+            raise ValueError(f"local must be >= 0 (0: no convolution), got {self.local}")
+        if self.length < 1:
+            raise ValueError(f"length must be >= 1, got {self.length}")
+        if self.noise is not None and self.noise not in NOISE_NAMES:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_NAMES)} (or None for the causal model), "
+                             f"got {self.noise!r}")
+        if (self.noise is None) != (self.schedule is None):
+            raise ValueError("a denoiser needs both noise and schedule; the causal model neither")
+        if self.width % self.heads or self.width % 2:
+            raise ValueError(f"width {self.width} must be even and a multiple of heads={self.heads}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown transformer config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def process_of(model):
+    """The noise process a text denoiser was built for (its config's ``noise`` on its ``schedule``)."""
+    from .absorbing import AbsorbingProcess   # imported here: the equations do not import the models
+    from .diffusion import UniformProcess
+
+    config = model.config
+    schedule = make_schedule(**config.schedule)
+    return AbsorbingProcess(schedule) if config.noise == "absorbing" else UniformProcess(schedule)
+
+
+class _Trunk(nn.Module):
+    """Token and position embeddings, a convolution over neighbouring tokens (``config.local``),
+    ``depth`` pre-norm transformer layers (PyTorch's own), a final norm and a zero-initialised
+    head: at the start every prediction is uniform."""
+
+    def __init__(self, config: TransformerConfig, vocab: int):
+        super().__init__()
+        c = config
+        self.tokens = nn.Embedding(vocab, c.width)
+        self.local = nn.Conv1d(c.width, c.width, c.local) if c.local else None
+        self.positions = nn.Parameter(torch.randn(c.length, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, extra: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        L = ids.shape[1]
+        h = self.tokens(ids)
+        if self.local is not None:  # causal: pad on the left only, so position i sees tokens <= i
+            k = self.local.kernel_size[0]
+            pad = (k - 1, 0) if causal else ((k - 1) // 2, k - 1 - (k - 1) // 2)
+            h = h + self.local(F.pad(h.transpose(1, 2), pad)).transpose(1, 2)
+        h = h + self.positions[:L]
+        if extra is not None:
+            h = h + extra[:, None, :]
+        mask = nn.Transformer.generate_square_subsequent_mask(L, device=ids.device) if causal else None
+        h = self.layers(h, mask=mask, is_causal=causal)
+        return self.head(self.norm(h)).float()  # float32 even under autocast: the loss takes logs
+
+
+def _check_sequences(x, vocab: int, length: int, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.ndim != 2:
+        raise ValueError(f"{name} must be a LongTensor [B, L] of token ids, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[1] > length:
+        raise ValueError(f"{name} has {x.shape[1]} tokens, the model was built for at most {length}")
+
+
+class TextDenoiser(nn.Module):
+    """A bidirectional transformer denoiser for sequences: ``model(x_t [B, L], t [B]) -> logits [B, L, K]``.
+
+    It reads ``x_t`` as token ids (K + 1 of them under absorbing noise, the mask being ``K``) and
+    the time through a sinusoidal embedding and a small MLP added at every position. As with the
+    U-Net, ``x0_hat = softmax(logits)`` and the network never adds ``x_t``'s own evidence: eq. 14
+    (and its absorbing twin, :mod:`mdiff_lite.absorbing`) multiplies it in, which for absorbing
+    noise means that an unmasked token is kept whatever the network says there.
+    ``TextDenoiser(TransformerConfig(num_classes=27, length=256, noise="uniform", schedule={"name": "jsd", "T": 1000}))``.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        config.validate()
+        if config.noise is None:
+            raise ValueError("a TextDenoiser needs a noise process in its config (noise='uniform' or 'absorbing')")
+        self.config = config
+        self.num_classes = config.num_classes
+        self.T = config.schedule["T"]
+        self.vocab = config.num_classes + (1 if config.noise == "absorbing" else 0)
+        w = config.width
+        self.time_mlp = nn.Sequential(nn.Linear(w, 2 * w), nn.SiLU(), nn.Linear(2 * w, w))
+        self.trunk = _Trunk(config, self.vocab)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_emb = self.time_mlp(sinusoidal_embedding(t * (1000.0 / self.T), self.config.width))
+        return self.trunk(x_t, t_emb)
+
+
+class CausalTransformer(nn.Module):
+    """The autoregressive reference: ``p(x) = prod_i p(x_i | x_{<i})``, exactly, by one causal pass.
+
+    ``model(x [B, L]) -> logits [B, L, K]``, where position i predicts ``x_i`` from ``x_{<i}`` (the
+    input is shifted right behind a start token, id K). :meth:`nll` is ``-log p(x)`` in nats per
+    sequence: exact, no bound. Same trunk as :class:`TextDenoiser` for the same config sizes.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        config.validate()
+        if config.noise is not None:
+            raise ValueError("a CausalTransformer has no noise process: build it with noise=None, schedule=None")
+        self.config = config
+        self.num_classes = config.num_classes
+        self.trunk = _Trunk(config, config.num_classes + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_sequences(x, self.num_classes, self.config.length, "x")
+        start = torch.full_like(x[:, :1], self.num_classes)
+        return self.trunk(torch.cat([start, x[:, :-1]], 1), causal=True)
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """``-log p(x)`` per sequence, nats, ``[B]`` (exact)."""
+        logits = self(x)
+        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, length: int | None = None, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` sequences, one token at a time (``length`` passes): LongTensor ``[n, length]``."""
+        length = length or self.config.length
+        device = self.trunk.head.weight.device
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(n, 0, dtype=torch.long, device=device)
+        for _ in range(length):
+            start = torch.full((n, 1), self.num_classes, dtype=torch.long, device=device)
+            logits = self.trunk(torch.cat([start, x], 1), causal=True)[:, -1]
+            x = torch.cat([x, torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)], 1)
+        self.train(was_training)
+        return x

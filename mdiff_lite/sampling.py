@@ -17,16 +17,20 @@ Inpainting keeps known pixels: after every step, the known pixels are replaced b
 draw of ``q(x_s | x_0 = known)``, so that they carry exactly the noise level the network expects
 at time ``s``; at the end they are the known values themselves.
 
-Taught in notebook 05.
+Every function takes a noise process where it takes a schedule (a schedule alone is the uniform
+process): under absorbing noise (:class:`mdiff_lite.absorbing.AbsorbingProcess`) ``x_T`` is all
+mask, and a jump unmasks each masked token with the probability the process gives, to a class
+drawn from ``x0_hat``.
+
+Taught in notebook 05 (and 07 for text).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .diffusion import _q_posterior_skip, q_sample, sample_index
+from .diffusion import as_process, q_sample, sample_index
 from .models import check_schedule_matches
 from .schedules import Schedule
 
@@ -45,22 +49,21 @@ def time_grid(T: int, steps: int | None = None) -> list[int]:
 @torch.no_grad()
 def _run(model, schedule: Schedule, x: torch.Tensor, steps, generator, known, mask, return_trajectory, progress):
     K = model.num_classes
+    process = as_process(schedule)
     n = x.shape[0]
-    grid = time_grid(schedule.T, steps)
+    grid = time_grid(process.T, steps)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()  # no dropout while sampling; restored below
-    trajectory = [x.to(torch.uint8 if K <= 256 else torch.int16).cpu()] if return_trajectory else None
+    trajectory = [x.to(torch.uint8 if K < 256 else torch.int16).cpu()] if return_trajectory else None
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((n,), t, device=x.device, dtype=torch.long)
         x0_hat = torch.softmax(model(x, t_vec).float(), -1)
         # Every jump, the last one (s = 0) included. The unchecked twin: the inputs are ours, and
         # the checks (sums, ranges) would cost a synchronising pass over the batch at every step.
-        probs = _q_posterior_skip(F.one_hot(x, K).float(), x0_hat, torch.tensor(t, device=x.device),
-                                  torch.tensor(s, device=x.device), schedule)
-        x = sample_index(probs, generator)
+        x = sample_index(process._skip_probs(x, x0_hat, t, s, K), generator)
         if known is not None:
-            noisy_known = q_sample(known, s, schedule, K, generator) if s > 0 else known
+            noisy_known = q_sample(known, s, process, K, generator) if s > 0 else known
             x = torch.where(mask, noisy_known, x)
         if return_trajectory:
             trajectory.append(x.to(trajectory[0].dtype).cpu())
@@ -78,12 +81,18 @@ def _check_model(model, schedule) -> int:
     return model.num_classes
 
 
+def _default_shape(model) -> tuple:
+    config = model.config
+    return (config.length,) if hasattr(config, "length") else (config.height, config.width)
+
+
 def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, steps: int | None = None,
            generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
            progress: bool = True):
-    """Draw ``n`` maps from the model: LongTensor ``[n, H, W]``.
+    """Draw ``n`` maps from the model: LongTensor ``[n, H, W]`` (``[n, L]`` for a text denoiser).
 
     Args:
+        schedule: the model's schedule, or its noise process (:func:`mdiff_lite.models.process_of`).
         shape: ``(H, W)``; default: the model's configured size.
         steps: number of network calls (default T, the model whose likelihood is reported).
         generator: on the model's device, for reproducible samples.
@@ -94,9 +103,9 @@ def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, ste
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if shape is None:
-        shape = (model.config.height, model.config.width)
+        shape = _default_shape(model)
     device = device or next(model.parameters()).device
-    x_T = torch.randint(0, K, (n,) + tuple(shape), generator=generator, device=device)
+    x_T = as_process(schedule)._prior_sample((n,) + tuple(shape), K, generator, device)
     return _run(model, schedule, x_T, steps, generator, None, None, return_trajectory, progress)
 
 
@@ -105,18 +114,20 @@ def inpaint(model, schedule: Schedule, known: torch.Tensor, mask: torch.Tensor, 
     """Fill the pixels where ``mask`` is False, keeping ``known`` where it is True.
 
     Args:
-        known: LongTensor ``[n, H, W]`` (values under ``~mask`` are ignored).
+        known: LongTensor ``[n, H, W]`` or ``[n, L]`` (values under ``~mask`` are ignored).
         mask: bool tensor broadcasting to ``known``: True where the pixel is known.
     """
     K = _check_model(model, schedule)
-    if not isinstance(known, torch.Tensor) or known.is_floating_point() or known.ndim != 3:
-        raise ValueError("known must be a LongTensor [n, H, W] of class indices")
+    if not isinstance(known, torch.Tensor) or known.is_floating_point() or known.ndim != 1 + len(_default_shape(model)):
+        raise ValueError(f"known must be a LongTensor [n, {'L' if len(_default_shape(model)) == 1 else 'H, W'}] "
+                         "of class indices")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise ValueError("mask must be a bool tensor (True where the pixel is known)")
     mask = mask.to(known.device).broadcast_to(known.shape)
     if known[mask].numel() and (known[mask].min() < 0 or known[mask].max() >= K):
         raise ValueError(f"the known pixels must hold class ids in 0..{K - 1}")
     known = known.long().clamp(0, K - 1)  # the values under ~mask are ignored
-    x_T = torch.randint(0, K, known.shape, generator=generator, device=known.device)
-    x_T = torch.where(mask, q_sample(known, schedule.T, schedule, K, generator), x_T)
+    process = as_process(schedule)
+    x_T = process._prior_sample(known.shape, K, generator, known.device)
+    x_T = torch.where(mask, q_sample(known, process.T, process, K, generator), x_T)
     return _run(model, schedule, x_T, steps, generator, known, mask, return_trajectory, progress)

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import check_meta, load_weights, read_checkpoint, update_meta, write_checkpoint
 from .diffusion import ImportanceTimeSampler, StratifiedTimeSampler, UniformTimeSampler, _training_loss, bits_per_dim
-from .models import Denoiser, DenoiserConfig, count_parameters
+from .models import CausalTransformer, Denoiser, DenoiserConfig, TextDenoiser, TransformerConfig, count_parameters, process_of
 from .schedules import Schedule, make_schedule
 
 __all__ = ["pick_device", "TrainConfig", "fit", "init_distributed", "save_checkpoint", "load_checkpoint",
@@ -183,8 +183,21 @@ def save_checkpoint(path, model: Denoiser, meta: dict, *, training_state: dict |
     """
     weights = {k: (v.to(weights_dtype) if v.is_floating_point() else v).cpu()
                for k, v in model.state_dict().items()}
-    write_checkpoint(path, weights, dict(meta, model_config=model.config.to_dict()), kind="denoiser",
+    write_checkpoint(path, weights, dict(meta, model_config=model.config.to_dict()), kind=_kind_of_model(model),
                      training_state=training_state)
+
+
+def _kind_of_model(model) -> str:
+    """The checkpoint kind of a model fit trains: the U-Net, a text denoiser, the causal model."""
+    if isinstance(model, CausalTransformer):
+        return "autoregressive"
+    return "text-denoiser" if isinstance(model, TextDenoiser) else "denoiser"
+
+
+def _data_shape(model) -> tuple:
+    """The shape of one example the model reads: ``(H, W)`` for the U-Net, ``(L,)`` for the transformers."""
+    config = model.config
+    return (config.length,) if isinstance(config, TransformerConfig) else (config.height, config.width)
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[dict, dict, dict | None]:
@@ -197,7 +210,7 @@ def _load_weights_into(model: Denoiser, weights: dict, meta: dict, source) -> No
     mine = model.config.to_dict()
     saved = meta.get("model_config", {})
     try:  # compare in today's form (defaults filled in, old spellings converted)
-        saved = DenoiserConfig.from_dict(saved).to_dict()
+        saved = type(model.config).from_dict(saved).to_dict()
     except (TypeError, ValueError):
         pass
     differences = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
@@ -219,6 +232,23 @@ def _load_denoiser(path, device, dataset: str | None = None) -> tuple[Denoiser, 
     return model.to(device).eval(), meta
 
 
+def load_text_model(path, device=None):
+    """Rebuild a text denoiser or the autoregressive transformer from its checkpoint, in eval mode:
+    ``(model, meta)`` (notebook 07; ``benchmarks/text.py`` writes them)."""
+    weights, meta, _ = read_checkpoint(path)
+    kind = meta.get("kind")
+    if kind not in ("text-denoiser", "autoregressive"):
+        raise ValueError(f"{path}: holds {kind!r}, not a text model; load it with load_denoiser or load_flow")
+    try:
+        config = TransformerConfig.from_dict(meta["model_config"])
+        model = TextDenoiser(config) if kind == "text-denoiser" else CausalTransformer(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its model_config describes no {kind} ({err})") from None
+    _load_weights_into(model, weights, meta, path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return model.to(device).eval(), meta
+
+
 def load_denoiser(path, device=None) -> tuple[Denoiser, dict]:
     """Rebuild the denoiser a checkpoint was saved from, with its weights, in eval mode:
     ``(model, meta)``. ``meta`` holds the config, schedule, dataset, steps, test bits per pixel...
@@ -227,19 +257,24 @@ def load_denoiser(path, device=None) -> tuple[Denoiser, dict]:
 
 
 PRETRAINED = ("toyseg", "digits")
+# The text models of notebook 07 (benchmarks/text.py --export): both noises and the causal reference.
+TEXT_PRETRAINED = ("text-uniform", "text-absorbing", "text-autoregressive")
 
 
 def pretrained_path(name: str) -> Path:
     """Where the shipped checkpoint for dataset ``name`` lies inside the package."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no shipped checkpoint {name!r}; there are: {', '.join(PRETRAINED)}")
+    if name not in PRETRAINED + TEXT_PRETRAINED:
+        raise ValueError(f"no shipped checkpoint {name!r}; there are: {', '.join(PRETRAINED + TEXT_PRETRAINED)}")
     return Path(__file__).resolve().parent / "pretrained" / f"{name}.pt"
 
 
 def load_pretrained(name: str, device=None) -> tuple[Denoiser, dict]:
     """The shipped denoiser for ``"toyseg"`` or ``"digits"`` and its metadata (the commands
     that trained, exported and evaluated it, and the all-T estimate of its test bits per pixel).
-    A file there that holds a model of another dataset is refused."""
+    A file there that holds a model of another dataset is refused. The text models
+    (``"text-uniform"``, ``"text-absorbing"``, ``"text-autoregressive"``) load with :func:`load_text_model`."""
+    if name in TEXT_PRETRAINED:
+        return load_text_model(pretrained_path(name), device)
     return _load_denoiser(pretrained_path(name), device, dataset=name)
 
 
@@ -346,6 +381,11 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
         progress: bool = True, on_log=None) -> dict:
     """Train ``model`` on ``train_maps`` (LongTensor ``[N, H, W]`` of class indices).
 
+    The same loop trains the transformers of notebook 07 on sequences (``[N, L]``): a
+    :class:`~mdiff_lite.models.TextDenoiser` on the bound of its own noise process, and the
+    :class:`~mdiff_lite.models.CausalTransformer` on its exact negative log-likelihood (no t, no
+    sampler), with the same optimiser, learning rate, clipping and EMA, so budgets compare.
+
     Args:
         config: a :class:`TrainConfig` (its budget, optimiser settings, seed...).
         device: as for :func:`pick_device` (``None``/``"auto"``: CUDA, MPS, CPU).
@@ -375,24 +415,33 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     """
     config = config or TrainConfig()
     config.validate()
-    if not isinstance(train_maps, torch.Tensor) or train_maps.is_floating_point() or train_maps.ndim != 3:
-        raise ValueError("train_maps must be a LongTensor [N, H, W] of class indices")
+    shape = _data_shape(model)
+    if (not isinstance(train_maps, torch.Tensor) or train_maps.is_floating_point()
+            or train_maps.ndim != 1 + len(shape)):
+        raise ValueError(f"train_maps must be a LongTensor [N, {', '.join(('H', 'W') if len(shape) == 2 else ('L',))}] "
+                         "of class indices")
     K = model.num_classes
     if train_maps.min() < 0 or train_maps.max() >= K:
         raise ValueError(f"train_maps hold class ids outside 0..{K - 1}")
-    cfg_h, cfg_w = model.config.height, model.config.width
-    if tuple(train_maps.shape[1:]) != (cfg_h, cfg_w):
-        raise ValueError(f"train_maps are {tuple(train_maps.shape[1:])}, the model expects {(cfg_h, cfg_w)}")
+    if tuple(train_maps.shape[1:]) != shape:
+        raise ValueError(f"train_maps are {tuple(train_maps.shape[1:])}, the model expects {shape}")
+    kind = _kind_of_model(model)
+    autoregressive = kind == "autoregressive"
     # What defines this run, as the checkpoint records it.
     run_meta = dict(meta or {}, train_config=asdict(config), model_config=model.config.to_dict(),
                     train_maps_shape=list(train_maps.shape))
     if checkpoint_path is not None:
-        check_meta(run_meta, "fit's meta", kind="denoiser")  # now, not at the first save
+        check_meta(dict(run_meta, kind=kind), "fit's meta", kind=kind)  # now, not at the first save
 
     is_dist, rank, world = _distributed()
     device = pick_device(device, verbose=rank == 0) if not is_dist else torch.device(
         f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    schedule: Schedule = make_schedule(**model.config.schedule)
+    if kind == "denoiser":
+        schedule = make_schedule(**model.config.schedule)
+    elif kind == "text-denoiser":
+        schedule = process_of(model)  # the loss takes the process where it takes a schedule
+    else:  # the causal model draws no t: a one-step sampler stands in, never used
+        schedule = SimpleNamespace(T=1, to_dict=lambda: None)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = model
@@ -413,7 +462,7 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     g_cpu = torch.Generator().manual_seed(config.seed * 1000 + rank + 1)
 
     if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
-        weights, old_meta, state = read_checkpoint(checkpoint_path, kind="denoiser")
+        weights, old_meta, state = read_checkpoint(checkpoint_path, kind=kind)
         if state is None:
             raise ValueError(f"{checkpoint_path}: holds no training state (a shipped checkpoint?); "
                              "pass resume=False or another path to train afresh")
@@ -447,7 +496,7 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 "" if restored else " (its random states do not fit this run: drawing afresh, so the run will "
                                     "not repeat an uninterrupted one bit for bit)"))
 
-    N, D = train_maps.shape[0], cfg_h * cfg_w
+    N, D = train_maps.shape[0], math.prod(shape)
     train_maps = train_maps.to(device)  # once: a step draws its batch on the device
     lr_scale = math.sqrt(config.batch_size * world / config.lr_batch)  # the whole batch, over all ranks
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -529,7 +578,11 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                if config.x0_nll_weight:
+                if autoregressive:  # exact: -log p(x) by one causal pass
+                    logits = net(x0)
+                    objective = loss = torch.nn.functional.cross_entropy(
+                        logits.transpose(1, 2), x0, reduction="none").sum(1).mean()
+                elif config.x0_nll_weight:
                     loss, nll = _training_loss(net, x0, schedule, synced_sampler, K, g, with_x0_nll=True)
                     objective = loss + config.x0_nll_weight * nll
                 else:
