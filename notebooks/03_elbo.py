@@ -30,7 +30,7 @@
 #
 # **Time:** the code runs in well under a minute on 2 CPU cores. How many minutes the reading and the exercises take has not been measured: no reader has been timed yet.
 #
-# ## The symbols of notebooks 03-06
+# ## The symbols of notebooks 03-07
 #
 # | symbol | what it is | where it comes from |
 # |---|---|---|

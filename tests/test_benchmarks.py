@@ -30,6 +30,7 @@ def load(name):
     ("likelihood", ["--fast", "--quiet", "--device", "cpu"]),
     ("oracle", ["--checkpoint", "none", "--T", "10", "--eval-maps", "3", "--info-maps", "4"]),
     ("samples", ["--n", "2", "--steps", "1,2", "--test-maps", "4", "--device", "cpu"]),
+    ("text", ["--fast", "--steps", "3", "--k", "1", "--quiet", "--device", "cpu"]),
 ])
 def test_benchmark_writes_json(tmp_path, capsys, name, args):
     out = tmp_path / f"{name}.json"
@@ -91,3 +92,20 @@ def test_oracle_against_a_checkpoint_on_the_same_maps(tmp_path):
     assert result["model_minus_oracle"]["bpd"] > 0.5
     with pytest.raises(SystemExit):
         load("oracle").main(["--checkpoint", str(ckpt), "--T", "20", "--json", str(tmp_path / "x.json")])
+
+
+def test_text_benchmark_tables_its_rows_and_saves_loadable_models(tmp_path):
+    from mdiff_lite.train import load_text_model
+
+    text = load("text")
+    result = text.main(["--fast", "--steps", "2", "--k", "1", "--quiet", "--device", "cpu", "--models",
+                        "absorbing,autoregressive", "--save-dir", str(tmp_path), "--json", str(tmp_path / "t.json")])
+    assert [r["model"] for r in result["rows"]] == ["absorbing", "autoregressive"]
+    assert all(r["steps"] == 2 for r in result["rows"])
+    md = (tmp_path / "t.md").read_text()
+    assert md == text.markdown(json.loads((tmp_path / "t.json").read_text()))
+    assert "exact NLL" in md and "bigram frequencies" in md
+    model, meta = load_text_model(tmp_path / "text-absorbing.pt")
+    assert meta["test_bpc"] == result["rows"][0]["bpc"] and model.config.noise == "absorbing"
+    with pytest.raises(SystemExit):
+        text.main(["--fast", "--models", "gaussian", "--json", str(tmp_path / "x.json")])

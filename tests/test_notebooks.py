@@ -20,11 +20,11 @@ from mdiff_lite._nbrun import KERNEL, execute, read_source, source_hash
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ["01_forward_process", "02_posterior", "03_elbo", "04_noise_explorer", "05_train_denoiser",
-            "06_likelihood_vs_dequantization"]
+            "06_likelihood_vs_dequantization", "07_text_uniform_vs_absorbing"]
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
-def test_the_six_notebooks_are_there():
+def test_the_seven_notebooks_are_there():
     assert [p.stem for p in SOURCES] == EXPECTED
 
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from mdiff_lite import make_schedule
 from mdiff_lite.data import dataset_by_name
@@ -65,3 +66,36 @@ def test_shipped_flow(kind):
     # Trained: far below a uniform model's 3 bits per pixel, and consistent with its recorded bound.
     result = evaluate_flow(flow, dataset_by_name("toyseg").split("test")[:32], k=1)
     assert result["bpd"] < 2.8 and abs(result["bpd"] - meta["test_bpd"]["1"]) < 6 * result["stderr"] + 0.02
+
+
+@pytest.mark.parametrize("name", ["uniform", "absorbing", "autoregressive"])
+def test_shipped_text_model(name):
+    """The text models of notebook 07: small (float16), the benchmark's own (its JSON has the same
+    score and command), and the score holds on a quick look at the test split."""
+    import json
+    from pathlib import Path
+
+    from mdiff_lite.data import TextCorpus
+    from mdiff_lite.evaluate import exact_nll
+    from mdiff_lite.models import process_of
+
+    path = pretrained_path(f"text-{name}")
+    assert path.is_file() and path.stat().st_size < 2e6
+    weights, meta, training = load_checkpoint(path)
+    assert training is None and all(not v.is_floating_point() or v.dtype == torch.float16 for v in weights.values())
+    bench = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/text_cpu.json").read_text())
+    row = next(r for r in bench["rows"] if r["model"] == name)
+    assert meta["command"] == bench["command"] and meta["test_bpc"] == row["bpc"] and meta["steps"] == row["steps"]
+    model, _ = load_pretrained(f"text-{name}")
+    corpus = TextCorpus()
+    test = corpus.split("test")[:64]
+    if name == "autoregressive":
+        quick = exact_nll(model, test, progress=False)
+    else:
+        assert process_of(model).name == name
+        quick = estimate_bound(model, process_of(model), test, k=2, progress=False)
+    # 64 of the 577 sequences (the first ones, a few articles): within 5 standard errors of the
+    # recorded score over all of them, and below the unigram cross-entropy (it learned context).
+    z = (quick["bpd"] - meta["test_bpc"]) / math.hypot(quick["stderr"], meta["test_stderr"])
+    assert abs(z) < 5, f"{quick['bpd']:.4f} +- {quick['stderr']:.4f} against {meta['test_bpc']:.4f}"
+    assert meta["test_bpc"] < corpus.reference_bits()["unigram"]

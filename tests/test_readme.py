@@ -45,10 +45,22 @@ def test_samples_table_is_the_benchmarks_output():
     assert between("samples") == (ROOT / "benchmarks/results/samples_cpu.md").read_text().strip()
 
 
+def test_text_table_is_the_benchmarks_output():
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("text", ROOT / "benchmarks" / "text.py")
+    text = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text)
+    table = (ROOT / "benchmarks/results/text_cpu.md").read_text()
+    assert table == text.markdown(json.loads((ROOT / "benchmarks/results/text_cpu.json").read_text()))
+    assert between("text") == table.strip()
+
+
 def test_notebook_table_matches_the_committed_runs():
     rows = between("notebooks").splitlines()
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    assert len(rows) == len(notebooks) == 6
+    assert len(rows) == len(notebooks) == 7
     for row, path in zip(rows, notebooks):
         info = nbformat.read(path, as_version=4).metadata["mdiff_lite"]
         assert f"`{path.stem}`" in row
