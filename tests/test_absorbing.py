@@ -278,3 +278,24 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="absorbing noise"):
         sample(text, D.UniformProcess(make_schedule("jsd", 5)), 1, progress=False)
     assert process_of(text).name == "absorbing"
+
+
+def test_x0_nll_is_the_posterior_over_x0_from_the_marginal_matrix():
+    """-log p(x_0 | x_t) with p ∝ x0_hat(k) q(x_t | x_0 = k), the likelihood read off Qbar_t."""
+    K, L, T = 3, 2, 8
+    schedule = make_schedule("linear", T)
+    proc = AbsorbingProcess(schedule)
+    model = TableDenoiser(K, L, T, seed=5)
+    x0 = torch.tensor([[0, 2], [1, 1], [2, 0]])
+    for t in (1, 4, 8):
+        g = torch.Generator().manual_seed(t)
+        got = D.x0_nll(model, x0, t, proc, num_classes=K, generator=g)
+        x_t = D.q_sample(x0, t, proc, K, generator=torch.Generator().manual_seed(t))  # the same draw
+        Qbar = marginal_matrix(schedule, t, K)
+        hat = torch.softmax(model(x_t, torch.full((3,), t)), -1).numpy()
+        for b in range(3):
+            expected = 0.0
+            for i in range(L):
+                post = hat[b, i] * Qbar[:K, x_t[b, i].item()]
+                expected += -math.log(post[x0[b, i].item()] / post.sum())
+            assert got[b].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
