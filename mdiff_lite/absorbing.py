@@ -66,6 +66,11 @@ class AbsorbingProcess:
             raise TypeError(f"schedule must be a Schedule from make_schedule(), got {type(schedule).__name__}")
         self.schedule = schedule
         self.T = schedule.T
+        # a_t for t = 0 .. T (entry 0 unused), float64. alpha_bar_{t-1} - alpha_bar_t = alpha_bar_{t-1} beta_t:
+        # no cancellation when both are near 1.
+        weights = schedule.alpha_bars[:-1] * schedule.betas[1:] / schedule.one_minus_alpha_bars[1:]
+        self._weights = torch.cat([torch.zeros(1, dtype=torch.float64), weights])
+        self._cache = {}
 
     def __repr__(self) -> str:
         return f"AbsorbingProcess({self.schedule!r})"
@@ -142,10 +147,11 @@ class AbsorbingProcess:
     # --- index space: what the bound, the loss and the sampler call --------------------------
 
     def _unmask_weight(self, t: torch.Tensor, device, dtype) -> torch.Tensor:
-        s = self.schedule
-        # alpha_bar_{t-1} - alpha_bar_t = alpha_bar_{t-1} beta_t: no cancellation when both are near 1
-        w = s.alpha_bars[t.cpu() - 1] * s.betas[t.cpu()] / s.one_minus_alpha_bars[t.cpu()]
-        return w.to(device=device, dtype=dtype)
+        """a_t, indexed on the device ``t`` is on (the buffer copied there once)."""
+        key = (str(torch.device(device)), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._weights.to(device=device, dtype=dtype)
+        return self._cache[key][t.to(device)]
 
     def _sample(self, x0: torch.Tensor, t: torch.Tensor, K: int, generator) -> torch.Tensor:
         shape = torch.broadcast_shapes(t.shape, x0.shape)

@@ -57,7 +57,7 @@ from torch.nn import functional as F
 from .schedules import Schedule, make_schedule
 
 __all__ = ["DenoiserConfig", "Denoiser", "OracleDenoiser", "count_parameters", "check_schedule_matches",
-           "TransformerConfig", "TextDenoiser", "CausalTransformer", "NOISE_NAMES", "process_of"]
+           "TransformerConfig", "TextDenoiser", "CausalTransformer", "NOISE_NAMES", "process_of", "example_shape"]
 
 # Where log q(x_t | x_0 = k) enters: "decoder" only (in the decoder, through eq. 14 at t = 1), or
 # "all" (also added to the network's logits at t >= 2: the first design, evidence counted twice).
@@ -397,6 +397,22 @@ class TransformerConfig:
         return cls(**d)
 
 
+def example_shape(model) -> tuple | None:
+    """The shape of one example a model reads: ``(H, W)`` for the U-Net, ``(L,)`` for the
+    transformers; None for a model without a config (the oracle), which takes any."""
+    config = getattr(model, "config", None)
+    if isinstance(config, TransformerConfig):
+        return (config.length,)
+    return (config.height, config.width) if isinstance(config, DenoiserConfig) else None
+
+
+def sequence_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``-sum_i log softmax(logits)[i, x_i]`` per sequence, nats ``[B]``: the causal model's exact
+    negative log-likelihood from its logits ``[B, L, K]`` (what :meth:`CausalTransformer.nll` and
+    ``fit`` compute)."""
+    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(1)
+
+
 def process_of(model):
     """The noise process a text denoiser was built for (its config's ``noise`` on its ``schedule``)."""
     from .absorbing import AbsorbingProcess   # imported here: the equations do not import the models
@@ -502,8 +518,7 @@ class CausalTransformer(nn.Module):
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """``-log p(x)`` per sequence, nats, ``[B]`` (exact)."""
-        logits = self(x)
-        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(1)
+        return sequence_nll(self(x), x)
 
     @torch.no_grad()
     def sample(self, n: int, length: int | None = None, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import as_process, q_sample, sample_index
-from .models import check_schedule_matches
+from .models import check_schedule_matches, example_shape
 from .schedules import Schedule
 
 __all__ = ["time_grid", "sample", "inpaint"]
@@ -81,11 +81,6 @@ def _check_model(model, schedule) -> int:
     return model.num_classes
 
 
-def _default_shape(model) -> tuple:
-    config = model.config
-    return (config.length,) if hasattr(config, "length") else (config.height, config.width)
-
-
 def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, steps: int | None = None,
            generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
            progress: bool = True):
@@ -103,7 +98,9 @@ def sample(model, schedule: Schedule, n: int, shape: tuple | None = None, *, ste
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if shape is None:
-        shape = _default_shape(model)
+        shape = example_shape(model)
+        if shape is None:
+            raise ValueError("this model has no configured size: give shape=(H, W)")
     device = device or next(model.parameters()).device
     x_T = as_process(schedule)._prior_sample((n,) + tuple(shape), K, generator, device)
     return _run(model, schedule, x_T, steps, generator, None, None, return_trajectory, progress)
@@ -118,8 +115,10 @@ def inpaint(model, schedule: Schedule, known: torch.Tensor, mask: torch.Tensor, 
         mask: bool tensor broadcasting to ``known``: True where the pixel is known.
     """
     K = _check_model(model, schedule)
-    if not isinstance(known, torch.Tensor) or known.is_floating_point() or known.ndim != 1 + len(_default_shape(model)):
-        raise ValueError(f"known must be a LongTensor [n, {'L' if len(_default_shape(model)) == 1 else 'H, W'}] "
+    shape = example_shape(model)
+    if (not isinstance(known, torch.Tensor) or known.is_floating_point()
+            or (known.ndim != 1 + len(shape) if shape else known.ndim < 2)):
+        raise ValueError(f"known must be a LongTensor [n, {'L' if shape and len(shape) == 1 else 'H, W'}] "
                          "of class indices")
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise ValueError("mask must be a bool tensor (True where the pixel is known)")

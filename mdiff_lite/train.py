@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import check_meta, load_weights, read_checkpoint, update_meta, write_checkpoint
 from .diffusion import ImportanceTimeSampler, StratifiedTimeSampler, UniformTimeSampler, _training_loss, bits_per_dim
-from .models import CausalTransformer, Denoiser, DenoiserConfig, TextDenoiser, TransformerConfig, count_parameters, process_of
+from .models import (CausalTransformer, Denoiser, DenoiserConfig, TextDenoiser, TransformerConfig, count_parameters,
+                     example_shape, process_of, sequence_nll)
 from .schedules import Schedule, make_schedule
 
 __all__ = ["pick_device", "TrainConfig", "fit", "init_distributed", "save_checkpoint", "load_checkpoint",
@@ -192,12 +193,6 @@ def _kind_of_model(model) -> str:
     if isinstance(model, CausalTransformer):
         return "autoregressive"
     return "text-denoiser" if isinstance(model, TextDenoiser) else "denoiser"
-
-
-def _data_shape(model) -> tuple:
-    """The shape of one example the model reads: ``(H, W)`` for the U-Net, ``(L,)`` for the transformers."""
-    config = model.config
-    return (config.length,) if isinstance(config, TransformerConfig) else (config.height, config.width)
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[dict, dict, dict | None]:
@@ -415,7 +410,7 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
     """
     config = config or TrainConfig()
     config.validate()
-    shape = _data_shape(model)
+    shape = example_shape(model)
     if (not isinstance(train_maps, torch.Tensor) or train_maps.is_floating_point()
             or train_maps.ndim != 1 + len(shape)):
         raise ValueError(f"train_maps must be a LongTensor [N, {', '.join(('H', 'W') if len(shape) == 2 else ('L',))}] "
@@ -579,9 +574,7 @@ def fit(model: Denoiser, train_maps: torch.Tensor, config: TrainConfig | None = 
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 if autoregressive:  # exact: -log p(x) by one causal pass
-                    logits = net(x0)
-                    objective = loss = torch.nn.functional.cross_entropy(
-                        logits.transpose(1, 2), x0, reduction="none").sum(1).mean()
+                    objective = loss = sequence_nll(net(x0), x0).mean()
                 elif config.x0_nll_weight:
                     loss, nll = _training_loss(net, x0, schedule, synced_sampler, K, g, with_x0_nll=True)
                     objective = loss + config.x0_nll_weight * nll

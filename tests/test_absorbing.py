@@ -299,3 +299,16 @@ def test_x0_nll_is_the_posterior_over_x0_from_the_marginal_matrix():
                 post = hat[b, i] * Qbar[:K, x_t[b, i].item()]
                 expected += -math.log(post[x0[b, i].item()] / post.sum())
             assert got[b].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_inpaint_takes_a_model_without_a_config():
+    """A denoiser with no configured size (an oracle, a table) inpaints maps of any rank >= 2."""
+    from mdiff_lite.sampling import inpaint
+
+    K, L = 3, 4
+    proc = AbsorbingProcess(make_schedule("jsd", 6))
+    model = TableDenoiser(K, L, 6, seed=1)
+    known = torch.tensor([[0, 1, 2, 0]])
+    keep = torch.tensor([True, False, False, True])
+    y = inpaint(model, proc, known, keep, steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(y[0, keep], known[0, keep]) and y.max() < K

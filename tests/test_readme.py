@@ -21,16 +21,22 @@ def test_likelihood_table_is_the_benchmarks_output():
     assert between("likelihood") == (ROOT / "benchmarks/results/likelihood_cpu.md").read_text().strip()
 
 
-def test_likelihood_curve_table_is_the_benchmarks_output():
+def assert_block_is_the_markdown_of(block, script, result):
+    """The README's ``block`` is ``benchmarks/results/<result>.md``, which is ``script``'s markdown() of
+    the JSON beside it."""
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("likelihood", ROOT / "benchmarks" / "likelihood.py")
-    likelihood = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(likelihood)
-    table = (ROOT / "benchmarks/results/likelihood_cpu_curve.md").read_text()
-    assert table == likelihood.markdown(json.loads((ROOT / "benchmarks/results/likelihood_cpu_curve.json").read_text()))
-    assert between("likelihood-curve") == table.strip()
+    spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = (ROOT / f"benchmarks/results/{result}.md").read_text()
+    assert table == module.markdown(json.loads((ROOT / f"benchmarks/results/{result}.json").read_text()))
+    assert between(block) == table.strip()
+
+
+def test_likelihood_curve_table_is_the_benchmarks_output():
+    assert_block_is_the_markdown_of("likelihood-curve", "likelihood", "likelihood_cpu_curve")
 
 
 def test_oracle_table_is_the_benchmarks_output():
@@ -46,15 +52,7 @@ def test_samples_table_is_the_benchmarks_output():
 
 
 def test_text_table_is_the_benchmarks_output():
-    import importlib.util
-    import json
-
-    spec = importlib.util.spec_from_file_location("text", ROOT / "benchmarks" / "text.py")
-    text = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(text)
-    table = (ROOT / "benchmarks/results/text_cpu.md").read_text()
-    assert table == text.markdown(json.loads((ROOT / "benchmarks/results/text_cpu.json").read_text()))
-    assert between("text") == table.strip()
+    assert_block_is_the_markdown_of("text", "text", "text_cpu")
 
 
 def test_notebook_table_matches_the_committed_runs():
